@@ -1,0 +1,155 @@
+//! The command line. `main.rs` parses [`Cli`] and calls [`run`]; every flag can also
+//! be set through the `EGRESS_PROXY_*` environment variable named in its help.
+
+mod policy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::policy::{
+    DEFAULT_INSTANCE_SLOTS, DEFAULT_MAX_IDLE, DEFAULT_MEMORY_LIMIT, RuntimeConfig,
+};
+use crate::telemetry::{self, LogFormat};
+
+/// An egress proxy for sandboxed AI agents whose policy is a WebAssembly component.
+#[derive(Debug, Parser)]
+#[command(name = "egress-proxy", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "EGRESS_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` directive syntax (e.g. `info`, `egress_proxy=debug`).
+    #[arg(long, global = true, env = "EGRESS_PROXY_LOG", default_value = "warn")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, evaluate and test policies without running the proxy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `egress-proxy policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load the module, configure it with the routes, and print a summary.
+    /// Exit 0 if both are usable, 1 with the reason otherwise.
+    Check {
+        /// Module and routes.
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Decide one request and print the verdict as a JSON object.
+    Eval {
+        /// Module and routes.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(
+            short = 'H',
+            long = "header",
+            env = "EGRESS_PROXY_EVAL_HEADERS",
+            value_delimiter = '\n'
+        )]
+        headers: Vec<String>,
+        /// The client address the policy sees.
+        #[arg(long, env = "EGRESS_PROXY_EVAL_CLIENT", default_value = crate::cases::LOCAL_CLIENT)]
+        client: String,
+        /// Request method (`CONNECT` decides a tunnel).
+        method: String,
+        /// Absolute URL, or `host:port` for `CONNECT`.
+        url: String,
+    },
+    /// Run case files of requests and expected verdicts. Prints a line per case and
+    /// `N passed, N failed`; exit 1 if any case failed or a file is invalid.
+    Test {
+        /// Module and routes.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Case files (YAML or JSON).
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
+}
+
+/// Which policy module and routes to use, and the runtime's limits.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Routes file (YAML or JSON).
+    #[arg(long, env = "EGRESS_PROXY_ROUTES")]
+    pub routes: PathBuf,
+    /// Policy component (`.wasm`); default: the routes policy built into the binary.
+    #[arg(long, env = "EGRESS_PROXY_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Runtime limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits on the policy runtime.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Bound on one decide() call (e.g. `100ms`); a call over it is denied.
+    /// Default: `policy::DEFAULT_DECIDE_TIMEOUT`.
+    #[arg(long, env = "EGRESS_PROXY_POLICY_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "100ms")]
+    pub policy_timeout: Duration,
+    /// Bound on one configure() call (e.g. `10s`).
+    #[arg(long, env = "EGRESS_PROXY_POLICY_CONFIGURE_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "10s")]
+    pub policy_configure_timeout: Duration,
+    /// Linear memory limit per policy instance, in MiB.
+    #[arg(long, env = "EGRESS_PROXY_POLICY_MEMORY_MIB", default_value_t = (DEFAULT_MEMORY_LIMIT >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub policy_memory_mib: u64,
+    /// Policy instance slots reserved in the pooling allocator (all generations).
+    #[arg(long, env = "EGRESS_PROXY_POLICY_INSTANCE_SLOTS", default_value_t = DEFAULT_INSTANCE_SLOTS,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub policy_instance_slots: u32,
+    /// Idle configured instances kept per generation for reuse.
+    #[arg(long, env = "EGRESS_PROXY_POLICY_IDLE_INSTANCES", default_value_t = DEFAULT_MAX_IDLE)]
+    pub policy_idle_instances: usize,
+}
+
+impl LimitArgs {
+    /// The runtime configuration these flags describe.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            decide_timeout: self.policy_timeout,
+            configure_timeout: self.policy_configure_timeout,
+            // At most 4096 MiB (the parser's range), so this fits in usize on 64-bit.
+            memory_limit: usize::try_from(self.policy_memory_mib << 20).unwrap_or(usize::MAX),
+            instance_slots: self.policy_instance_slots,
+            max_idle_instances: self.policy_idle_instances.max(1),
+        }
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    telemetry::init(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Policy(cmd) => policy::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

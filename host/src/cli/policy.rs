@@ -1,0 +1,202 @@
+//! `egress-proxy policy check | eval | test`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::{PolicyArgs, PolicyCommand};
+use crate::cases::{CaseFile, request_for};
+use crate::policy::{Generation, Runtime, Verdict};
+use crate::routes::RoutesDocument;
+use crate::secrets::{EnvSecrets, SecretSource};
+
+pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { policy } => check(&policy),
+        PolicyCommand::Eval {
+            policy,
+            headers,
+            client,
+            method,
+            url,
+        } => eval(&policy, &headers, &client, &method, &url),
+        PolicyCommand::Test { policy, cases } => test(&policy, &cases),
+    }
+}
+
+/// A loaded policy: what every subcommand starts from.
+struct Loaded {
+    generation: Generation,
+    routes: RoutesDocument,
+    _runtime: Runtime,
+}
+
+fn load(args: &PolicyArgs) -> Result<Loaded> {
+    let routes = RoutesDocument::load(&args.routes)?;
+    let runtime = Runtime::new(args.limits.runtime_config())?;
+    let module = match &args.policy {
+        Some(path) => runtime.load_file(path)?,
+        None => runtime.load_builtin()?,
+    };
+    let generation = module
+        .configure(&routes.json, Arc::new(EnvSecrets))
+        .with_context(|| format!("{} with {}", module.origin(), routes.path.display()))?;
+    Ok(Loaded {
+        generation,
+        routes,
+        _runtime: runtime,
+    })
+}
+
+fn check(args: &PolicyArgs) -> Result<ExitCode> {
+    let loaded = load(args)?;
+    let module = loaded.generation.module();
+    let summary = loaded.generation.summary();
+    println!("policy:  {} (sha256 {})", module.origin(), module.sha256());
+    println!(
+        "routes:  {} (sha256 {})",
+        loaded.routes.path.display(),
+        loaded.routes.sha256
+    );
+    println!("rules:   {}", summary.rules);
+    let secrets: Vec<&str> = summary.secrets.iter().map(String::as_str).collect();
+    println!(
+        "secrets: {}",
+        if secrets.is_empty() {
+            "(none)".to_owned()
+        } else {
+            secrets.join(", ")
+        }
+    );
+    println!("ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(
+    args: &PolicyArgs,
+    headers: &[String],
+    client: &str,
+    method: &str,
+    url: &str,
+) -> Result<ExitCode> {
+    let headers = headers
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| parse_header(h))
+        .collect::<Result<Vec<_>>>()?;
+    let request = request_for(method, url, headers, client)?;
+    let loaded = load(args)?;
+    let verdict = loaded.generation.evaluate(&request);
+    println!("{}", verdict_json(&verdict, &EnvSecrets));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_header(text: &str) -> Result<(String, String)> {
+    let Some((name, value)) = text.split_once(':') else {
+        bail!("header `{text}` must be `Name: value`");
+    };
+    let name = name.trim();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        bail!("`{name}` is not a valid header name");
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+/// The verdict as JSON: secret *names* and templates, never values. For an inject,
+/// `missing_secrets` lists declared secrets that are unset here (the proxy would deny
+/// with "credential unavailable").
+pub fn verdict_json(verdict: &Verdict, secrets: &dyn SecretSource) -> Value {
+    match verdict {
+        Verdict::Allow { rule } => json!({ "verdict": "allow", "rule": rule }),
+        Verdict::Deny(d) => json!({
+            "verdict": "deny",
+            "status": d.status,
+            "reason": d.reason,
+            "rule": d.rule,
+            "source": d.kind.as_str(),
+        }),
+        Verdict::Inject { headers, rule } => {
+            let mut missing: Vec<&str> = headers
+                .iter()
+                .flat_map(|h| h.value.secrets())
+                .filter(|name| secrets.get(name).is_none_or(|v| v.is_empty()))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            let headers: Vec<Value> = headers
+                .iter()
+                .map(|h| {
+                    json!({
+                        "name": h.name.as_str(),
+                        "value": h.value.to_string(),
+                        "secrets": h.value.secrets().collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "verdict": "inject",
+                "rule": rule,
+                "headers": headers,
+                "missing_secrets": missing,
+            })
+        }
+    }
+}
+
+fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
+    // Parse every file first: a broken file is an error, not a pile of failures.
+    let files = paths
+        .iter()
+        .map(|p| CaseFile::load(p).map(|f| (p, f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let loaded = load(args)?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for (path, file) in &files {
+        for case in &file.cases {
+            match case.run(&loaded.generation) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("PASS {}: {}", path.display(), case.name);
+                }
+                Err(diff) => {
+                    failed += 1;
+                    println!("FAIL {}: {}: {diff}", path.display(), case.name);
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Re-exported for tests of the JSON shape.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Denial, DenyKind};
+
+    #[test]
+    fn deny_json_shape() {
+        let v = Verdict::Deny(Denial::host(DenyKind::Policy, "nope", Some("r".into())));
+        let j = verdict_json(&v, &EnvSecrets);
+        assert_eq!(j["verdict"], "deny");
+        assert_eq!(j["status"], 403);
+        assert_eq!(j["reason"], "nope");
+    }
+
+    #[test]
+    fn header_parsing() {
+        assert_eq!(
+            parse_header("Accept:  text/html ").unwrap(),
+            ("Accept".into(), "text/html".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! egress-proxy: an egress proxy for sandboxed AI agents whose policy is a
+//! WebAssembly component.
+//!
+//! Module map:
+//! - [`cli`]: the command line (clap types and the `policy` subcommands); `main.rs`
+//!   only parses and calls in here.
+//! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
+//!   loaded module (built-in default or a user `.wasm`), generations (module + routes
+//!   + a pool of configured instances) and the verdicts they return.
+//! - [`routes`]: reading a routes file (YAML or JSON) into the JSON document the policy
+//!   is configured with.
+//! - [`secrets`]: where injected credential values come from (the proxy's environment).
+//! - [`target`]: turning a request URL or CONNECT authority into the normalised
+//!   scheme/host/port/path the policy decides on.
+//! - [`cases`]: the `policy test` case-file format and its runner.
+//! - [`telemetry`]: logging set-up.
+
+pub mod cases;
+pub mod cli;
+pub mod policy;
+pub mod routes;
+pub mod secrets;
+pub mod target;
+pub mod telemetry;

@@ -1,0 +1,401 @@
+//! Verdicts: what the guest returned, validated ([`Verdict`]), and what the proxy
+//! acts on once secrets are resolved ([`Decision`]).
+//!
+//! Everything a guest returns is untrusted: header names must be valid tokens and not
+//! hop-by-hop, `host` or framing headers; literal text must be a valid header value;
+//! secret references must name a secret the policy declared in `configure`. A verdict
+//! that breaks any of this becomes a deny (fail closed).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::secrets::SecretSource;
+
+/// Longest reason or rule text kept from a guest, in bytes.
+pub const MAX_TEXT: usize = 1024;
+/// Status used when a guest asks for a status that is not 4xx/5xx, and for faults.
+pub const DEFAULT_DENY_STATUS: u16 = 403;
+
+/// Headers a policy may never set: connection-level (hop-by-hop) headers, framing, the
+/// host, and proxy credentials.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// One piece of an injected header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text used as is.
+    Literal(String),
+    /// The value of the named secret.
+    Secret(String),
+}
+
+/// A header value built from literal text and secret references. Displayed as text in
+/// which `${NAME}` is a secret reference and `$$` a literal dollar sign.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Template(pub Vec<Part>);
+
+impl Template {
+    /// Parse the display form back (used by case files). Adjacent literals merge.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('$') {
+            literal.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                literal.push('$');
+                rest = tail;
+            } else if let Some(tail) = after.strip_prefix('{') {
+                let end = tail
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+                let name = &tail[..end];
+                if !crate::secrets::is_valid_name(name) {
+                    return Err(format!(
+                        "`${{{name}}}` in `{text}` is not a valid secret name"
+                    ));
+                }
+                if !literal.is_empty() {
+                    parts.push(Part::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(Part::Secret(name.to_owned()));
+                rest = &tail[end + 1..];
+            } else {
+                return Err(format!(
+                    "`$` in `{text}` must start `${{NAME}}` or be doubled as `$$`"
+                ));
+            }
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Self(parts))
+    }
+
+    /// Merge adjacent literals and drop empty ones, so equal values compare equal.
+    pub fn normalized(&self) -> Self {
+        let mut out: Vec<Part> = Vec::with_capacity(self.0.len());
+        for part in &self.0 {
+            match (out.last_mut(), part) {
+                (_, Part::Literal(s)) if s.is_empty() => {}
+                (Some(Part::Literal(prev)), Part::Literal(s)) => prev.push_str(s),
+                _ => out.push(part.clone()),
+            }
+        }
+        Self(out)
+    }
+
+    /// The secret names this template references.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Part::Secret(name) => Some(name.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.0 {
+            match part {
+                Part::Literal(text) => f.write_str(&text.replace('$', "$$"))?,
+                Part::Secret(name) => write!(f, "${{{name}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A header the policy wants set, with its value still a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedHeader {
+    /// Validated, lower-case header name.
+    pub name: HeaderName,
+    /// The value, with secret references unresolved.
+    pub value: Template,
+}
+
+/// Why a request was denied: by the policy's own rules, or by the host on the
+/// policy's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyKind {
+    /// The policy returned `deny`.
+    Policy,
+    /// The guest trapped, timed out, ran out of memory, or could not be instantiated.
+    PolicyFault,
+    /// The guest returned a verdict the host refuses to act on.
+    InvalidVerdict,
+    /// An injected secret is missing, empty, or not a valid header value.
+    CredentialUnavailable,
+}
+
+impl DenyKind {
+    /// A stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyKind::Policy => "policy",
+            DenyKind::PolicyFault => "policy_fault",
+            DenyKind::InvalidVerdict => "invalid_verdict",
+            DenyKind::CredentialUnavailable => "credential_unavailable",
+        }
+    }
+}
+
+/// A refusal, with what the client will be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// 4xx or 5xx.
+    pub status: u16,
+    /// Why, in words an agent can act on (no control characters, at most
+    /// [`MAX_TEXT`] bytes).
+    pub reason: String,
+    /// The rule that denied it, if any.
+    pub rule: Option<String>,
+    /// Who decided.
+    pub kind: DenyKind,
+}
+
+impl Denial {
+    /// A denial made by the host on the policy's behalf.
+    pub fn host(kind: DenyKind, reason: impl Into<String>, rule: Option<String>) -> Self {
+        Self {
+            status: DEFAULT_DENY_STATUS,
+            reason: reason.into(),
+            rule,
+            kind,
+        }
+    }
+}
+
+/// A validated verdict, secrets still unresolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward unchanged.
+    Allow {
+        /// The rule that allowed it.
+        rule: Option<String>,
+    },
+    /// Refuse.
+    Deny(Denial),
+    /// Forward with these headers set.
+    Inject {
+        /// Headers to set, replacing any the client sent.
+        headers: Vec<InjectedHeader>,
+        /// The rule that matched.
+        rule: Option<String>,
+    },
+}
+
+impl Verdict {
+    /// `allow`, `deny` or `inject`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Allow { .. } => "allow",
+            Verdict::Deny(_) => "deny",
+            Verdict::Inject { .. } => "inject",
+        }
+    }
+
+    /// The rule id, whichever the verdict.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Verdict::Allow { rule } | Verdict::Inject { rule, .. } => rule.as_deref(),
+            Verdict::Deny(denial) => denial.rule.as_deref(),
+        }
+    }
+
+    /// Resolve secret references into header values. A secret that is missing, empty
+    /// or not a valid header value denies the request: a request is never forwarded
+    /// without the credential its route requires.
+    pub fn resolve(self, secrets: &dyn SecretSource) -> Decision {
+        let (headers, rule) = match self {
+            Verdict::Allow { rule } => return Decision::Allow { rule },
+            Verdict::Deny(denial) => return Decision::Deny(denial),
+            Verdict::Inject { headers, rule } => (headers, rule),
+        };
+        let mut resolved = Vec::with_capacity(headers.len());
+        for header in headers {
+            let mut bytes = Vec::new();
+            for part in &header.value.0 {
+                match part {
+                    Part::Literal(text) => bytes.extend_from_slice(text.as_bytes()),
+                    Part::Secret(name) => match secrets.get(name) {
+                        Some(value) if !value.is_empty() => bytes.extend_from_slice(&value),
+                        _ => {
+                            return Decision::Deny(Denial::host(
+                                DenyKind::CredentialUnavailable,
+                                format!(
+                                    "credential unavailable: secret `{name}` is not set on the proxy"
+                                ),
+                                rule,
+                            ));
+                        }
+                    },
+                }
+            }
+            let Ok(mut value) = HeaderValue::from_bytes(&bytes) else {
+                return Decision::Deny(Denial::host(
+                    DenyKind::CredentialUnavailable,
+                    format!(
+                        "credential unavailable: header `{}` would not be a valid header value",
+                        header.name
+                    ),
+                    rule,
+                ));
+            };
+            value.set_sensitive(true);
+            resolved.push((header.name, value));
+        }
+        Decision::Inject {
+            headers: resolved,
+            rule,
+        }
+    }
+}
+
+/// What the proxy does with a request.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward unchanged.
+    Allow {
+        /// The rule that allowed it.
+        rule: Option<String>,
+    },
+    /// Answer with the denial.
+    Deny(Denial),
+    /// Forward with these headers set (values are marked sensitive).
+    Inject {
+        /// Headers to set, replacing any the client sent.
+        headers: Vec<(HeaderName, HeaderValue)>,
+        /// The rule that matched.
+        rule: Option<String>,
+    },
+}
+
+impl fmt::Debug for Decision {
+    /// Never prints header values: they hold secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Allow { rule } => f.debug_struct("Allow").field("rule", rule).finish(),
+            Decision::Deny(denial) => f.debug_tuple("Deny").field(denial).finish(),
+            Decision::Inject { headers, rule } => f
+                .debug_struct("Inject")
+                .field(
+                    "headers",
+                    &headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                )
+                .field("rule", rule)
+                .finish(),
+        }
+    }
+}
+
+/// Validation of what a guest returned, against what it declared.
+pub(crate) struct Validator<'a> {
+    pub(crate) declared: &'a BTreeSet<String>,
+}
+
+impl Validator<'_> {
+    pub(crate) fn status(status: u16) -> u16 {
+        if (400..=599).contains(&status) {
+            status
+        } else {
+            DEFAULT_DENY_STATUS
+        }
+    }
+
+    /// Control characters become spaces; the text is cut to [`MAX_TEXT`] bytes.
+    pub(crate) fn text(text: &str) -> String {
+        let mut out = String::with_capacity(text.len().min(MAX_TEXT));
+        for c in text.chars() {
+            let c = if c.is_control() { ' ' } else { c };
+            if out.len() + c.len_utf8() > MAX_TEXT {
+                break;
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    pub(crate) fn header(&self, name: &str, value: Vec<Part>) -> Result<InjectedHeader, String> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("`{}` is not a valid header name", Self::text(name)))?;
+        if FORBIDDEN_HEADERS.contains(&name.as_str()) {
+            return Err(format!("the policy may not set the `{name}` header"));
+        }
+        for part in &value {
+            match part {
+                Part::Literal(text) => {
+                    if HeaderValue::from_str(text).is_err() {
+                        return Err(format!(
+                            "header `{name}` has text that is not a valid header value"
+                        ));
+                    }
+                }
+                Part::Secret(secret) => {
+                    if !self.declared.contains(secret) {
+                        return Err(format!(
+                            "header `{name}` references secret `{}` that the policy did not declare in configure",
+                            Self::text(secret)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(InjectedHeader {
+            name,
+            value: Template(value).normalized(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_round_trips() {
+        let t = Template(vec![
+            Part::Literal("Bearer $x ".into()),
+            Part::Secret("GH_PAT".into()),
+        ]);
+        assert_eq!(t.to_string(), "Bearer $$x ${GH_PAT}");
+        assert_eq!(Template::parse(&t.to_string()).unwrap(), t);
+    }
+
+    #[test]
+    fn template_rejects_stray_dollar() {
+        assert!(Template::parse("a $b").is_err());
+        assert!(Template::parse("${unclosed").is_err());
+        assert!(Template::parse("${1BAD}").is_err());
+    }
+
+    #[test]
+    fn text_strips_control_characters_and_caps_length() {
+        assert_eq!(Validator::text("a\r\nb"), "a  b");
+        assert_eq!(Validator::text(&"x".repeat(5000)).len(), MAX_TEXT);
+    }
+
+    #[test]
+    fn status_outside_4xx_5xx_becomes_403() {
+        assert_eq!(Validator::status(200), 403);
+        assert_eq!(Validator::status(302), 403);
+        assert_eq!(Validator::status(451), 451);
+    }
+}

@@ -1,0 +1,114 @@
+//! The WebAssembly glue, and the only code that sees the generated bindings: exports
+//! `egress:policy/decider` by converting WIT types to and from the domain types.
+//!
+//! The configured routes live in instance-global state. `configure` replaces them; a
+//! `configure` that fails leaves the instance unconfigured, and `decide` before a
+//! successful `configure` denies with 500.
+#![expect(
+    unsafe_code,
+    reason = "wit-bindgen generates `unsafe` canonical-ABI export functions"
+)]
+
+use std::sync::{Mutex, PoisonError};
+
+use crate::{InjectedHeader, Part, Request, Routes, Scheme, Verdict};
+
+wit_bindgen::generate!({ path: "../wit", world: "policy" });
+
+use exports::egress::policy::decider as wit;
+
+/// The routes of the last successful `configure`.
+static ROUTES: Mutex<Option<Routes>> = Mutex::new(None);
+
+/// Status when `decide` is called before a successful `configure`.
+const NOT_CONFIGURED: u16 = 500;
+
+struct Policy;
+
+impl wit::Guest for Policy {
+    fn configure(routes: String) -> Result<wit::Summary, String> {
+        let parsed = Routes::parse(&routes);
+        let mut slot = ROUTES.lock().unwrap_or_else(PoisonError::into_inner);
+        match parsed {
+            Ok(routes) => {
+                let summary = routes.summary();
+                *slot = Some(routes);
+                Ok(wit::Summary {
+                    rules: summary.rules,
+                    secrets: summary.secrets,
+                })
+            }
+            Err(error) => {
+                *slot = None;
+                Err(error.to_string())
+            }
+        }
+    }
+
+    fn decide(request: wit::Request) -> wit::Verdict {
+        let slot = ROUTES.lock().unwrap_or_else(PoisonError::into_inner);
+        let verdict = match slot.as_ref() {
+            Some(routes) => routes.decide(&from_wit(request)),
+            None => Verdict::Deny {
+                status: NOT_CONFIGURED,
+                reason: "policy not configured".to_owned(),
+                rule: None,
+            },
+        };
+        to_wit(verdict)
+    }
+}
+
+export!(Policy);
+
+fn from_wit(request: wit::Request) -> Request {
+    Request {
+        scheme: match request.scheme {
+            wit::Scheme::Http => Scheme::Http,
+            wit::Scheme::Https => Scheme::Https,
+        },
+        method: request.method,
+        host: request.host,
+        port: request.port,
+        path: request.path,
+        headers: request
+            .headers
+            .into_iter()
+            .map(|header| (header.name, header.value))
+            .collect(),
+        client: request.client.address,
+    }
+}
+
+fn to_wit(verdict: Verdict) -> wit::Verdict {
+    match verdict {
+        Verdict::Allow { rule } => wit::Verdict::Allow(wit::Allowance { rule }),
+        Verdict::Deny {
+            status,
+            reason,
+            rule,
+        } => wit::Verdict::Deny(wit::Denial {
+            status,
+            reason,
+            rule,
+        }),
+        Verdict::Inject { headers, rule } => wit::Verdict::Inject(wit::Injection {
+            headers: headers.into_iter().map(header_to_wit).collect(),
+            rule,
+        }),
+    }
+}
+
+fn header_to_wit(header: InjectedHeader) -> wit::InjectedHeader {
+    wit::InjectedHeader {
+        name: header.name,
+        value: header
+            .value
+            .into_iter()
+            .map(|part| match part {
+                Part::Literal(text) => wit::Part::Literal(text),
+                Part::Secret(name) => wit::Part::Secret(name),
+            })
+            .collect(),
+    }
+}

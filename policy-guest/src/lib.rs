@@ -1,0 +1,51 @@
+//! egress-proxy's default policy: the routes file semantics of the mitmproxy addon
+//! it replaces, as plain Rust that `cargo test` runs natively, compiled to a
+//! WebAssembly component (wasm32-wasip2) that exports `egress:policy/decider`.
+//!
+//! Modules:
+//!
+//! - `config`: the routes document (JSON text) → typed routes, with errors that
+//!   name the route and field at fault ([`ConfigError`]).
+//! - `routes`: the typed document ([`Routes`]), host lookup, and the [`Summary`]
+//!   `configure` reports.
+//! - `decide`: the decision, [`Routes::decide`]: one [`Request`] → one [`Verdict`].
+//! - `host`: host patterns (`api.github.com`, `*.pythonhosted.org`, IP literals).
+//! - `path`: path normalisation and allowlist matching (dot-segments,
+//!   percent-encoding and query tricks).
+//! - `request`, `verdict`: the domain types, mirroring the WIT.
+//! - `component` (wasm only): the WIT glue; converts WIT types to and from the domain
+//!   types and keeps the configured routes.
+//!
+//! ```
+//! use policy_guest::{Part, Request, Routes, Scheme, Verdict};
+//!
+//! let routes = Routes::parse(r#"{"routes": [{"host": "api.github.com",
+//!     "auth": {"scheme": "Bearer", "token_ref": "GH_PAT"}}]}"#)?;
+//! let request = Request {
+//!     scheme: Scheme::Https,
+//!     method: "GET".to_owned(),
+//!     host: "api.github.com".to_owned(),
+//!     port: 443,
+//!     path: "/user".to_owned(),
+//!     headers: Vec::new(),
+//!     client: "127.0.0.1:50000".to_owned(),
+//! };
+//! let Verdict::Inject { headers, .. } = routes.decide(&request) else { panic!() };
+//! assert_eq!(headers[0].value[1], Part::Secret("GH_PAT".to_owned()));
+//! # Ok::<(), policy_guest::ConfigError>(())
+//! ```
+
+#[cfg(target_family = "wasm")]
+mod component;
+mod config;
+mod decide;
+mod host;
+mod path;
+mod request;
+mod routes;
+mod verdict;
+
+pub use config::ConfigError;
+pub use request::{Request, Scheme};
+pub use routes::{Routes, Summary};
+pub use verdict::{InjectedHeader, Part, Verdict};

@@ -1,0 +1,56 @@
+//! The policy's answer: the crate's own mirror of the WIT `verdict`.
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward it unchanged.
+    Allow {
+        /// The rule (route) that allowed it.
+        rule: Option<String>,
+    },
+    /// Refuse it; the host answers the client.
+    Deny {
+        /// HTTP status (4xx or 5xx).
+        status: u16,
+        /// Why, in words an agent can act on.
+        reason: String,
+        /// The rule (route) that denied it, if one matched.
+        rule: Option<String>,
+    },
+    /// Forward it with these headers set.
+    Inject {
+        /// Headers to set, replacing any the client sent.
+        headers: Vec<InjectedHeader>,
+        /// The rule (route) that matched.
+        rule: Option<String>,
+    },
+}
+
+/// A header whose value the host assembles from literal text and secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedHeader {
+    /// Header name, lower-case.
+    pub name: String,
+    /// The value: the concatenation of its parts.
+    pub value: Vec<Part>,
+}
+
+/// One piece of an injected header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text used as is.
+    Literal(String),
+    /// The value of the named secret, resolved by the host.
+    Secret(String),
+}
+
+impl Verdict {
+    /// A denial; `rule` is the matched route's id, if any.
+    pub(crate) fn deny(status: u16, reason: String, rule: Option<&str>) -> Self {
+        Self::Deny {
+            status,
+            reason,
+            rule: rule.map(str::to_owned),
+        }
+    }
+}
