@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -29,7 +30,7 @@ use crate::policy::{Generation, Request, Template, Verdict};
 use crate::target::{Target, TargetError};
 
 /// The client address used for requests from the command line and case files.
-pub const LOCAL_CLIENT: &str = "127.0.0.1:0";
+pub const LOCAL_CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// A case file.
 #[derive(Debug, Deserialize)]
@@ -53,9 +54,9 @@ pub struct Case {
     /// Request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Client address; default [`LOCAL_CLIENT`].
+    /// Client address (`ip:port`); default [`LOCAL_CLIENT`].
     #[serde(default)]
-    pub client: Option<String>,
+    pub client: Option<SocketAddr>,
     /// The expected verdict.
     pub expect: Expect,
 }
@@ -135,7 +136,7 @@ pub fn request_for(
     method: &str,
     url: &str,
     headers: impl IntoIterator<Item = (String, String)>,
-    client: &str,
+    client: SocketAddr,
 ) -> Result<Request, TargetError> {
     let method = method.to_ascii_uppercase();
     let target = if method == "CONNECT" {
@@ -143,14 +144,14 @@ pub fn request_for(
     } else {
         Target::from_url(url)?
     };
-    Ok(Request::new(&method, target, headers, client.to_owned()))
+    Ok(Request::new(&method, target, headers, client))
 }
 
 impl Case {
     /// Run the case: `Ok(())` if the verdict matches, else what differs.
     pub fn run(&self, generation: &Generation) -> Result<(), String> {
         let headers = self.headers.iter().map(|(k, v)| (k.clone(), v.clone()));
-        let client = self.client.as_deref().unwrap_or(LOCAL_CLIENT);
+        let client = self.client.unwrap_or(LOCAL_CLIENT);
         let request = request_for(&self.method, &self.url, headers, client)
             .map_err(|e| format!("bad request: {e}"))?;
         let verdict = generation.evaluate(&request);
@@ -199,7 +200,7 @@ impl Expect {
                 .iter()
                 .map(|(name, t)| {
                     // Parsed when the file was loaded; re-render to compare canonically.
-                    let t = Template::parse(t).map(|t| t.normalized().to_string());
+                    let t = Template::parse(t).map(|t| t.to_string());
                     (name.to_ascii_lowercase(), t.unwrap_or_else(|e| e))
                 })
                 .collect();

@@ -23,12 +23,11 @@
 //!     "auth": {"scheme": "Bearer", "token_ref": "GH_PAT"}}]}"#)?;
 //! let request = Request {
 //!     scheme: Scheme::Https,
-//!     method: "GET".to_owned(),
+//!     method: "GET".into(),
 //!     host: "api.github.com".to_owned(),
 //!     port: 443,
 //!     path: "/user".to_owned(),
-//!     headers: Vec::new(),
-//!     client: "127.0.0.1:50000".to_owned(),
+//!     client: "127.0.0.1:50000".parse().unwrap(),
 //! };
 //! let Verdict::Inject { headers, .. } = routes.decide(&request) else { panic!() };
 //! assert_eq!(headers[0].value[1], Part::Secret("GH_PAT".to_owned()));

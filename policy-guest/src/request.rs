@@ -1,5 +1,8 @@
 //! The request a policy decides on: the crate's own mirror of the WIT `request`.
 
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
 /// The scheme the client used to reach the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -9,13 +12,15 @@ pub enum Scheme {
     Https,
 }
 
-/// One request, as the host describes it.
+/// One request, as the host describes it. Headers are not part of it: the WIT passes
+/// them as a resource read on demand, and the default policy never reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// `http` or `https`.
     pub scheme: Scheme,
-    /// The method, upper-case as sent (`GET`, ... or `CONNECT` for a tunnel).
-    pub method: String,
+    /// The method, upper-case as sent (`GET`, ... or `CONNECT` for a tunnel). Common
+    /// methods are static text (the WIT passes them as a variant, not a string).
+    pub method: Cow<'static, str>,
     /// The target host (the host sends it lower-case without a trailing dot; the
     /// policy normalises it again anyway).
     pub host: String,
@@ -23,11 +28,8 @@ pub struct Request {
     pub port: u16,
     /// Path and query exactly as sent (`/a/b?x=1`); empty for a CONNECT.
     pub path: String,
-    /// Request headers as `(name, value)`, names lower-case, credentials removed.
-    /// The default policy does not look at them.
-    pub headers: Vec<(String, String)>,
-    /// The client's socket address, `ip:port`.
-    pub client: String,
+    /// The client's socket address.
+    pub client: SocketAddr,
 }
 
 impl Request {

@@ -68,8 +68,8 @@ pub fn get(host: &str) -> Request {
         host: host.into(),
         port: 443,
         path: "/".into(),
-        headers: vec![("accept".into(), "*/*".into())],
-        client: "127.0.0.1:1".into(),
+        headers: vec![("accept".to_owned(), "*/*".to_owned())].into(),
+        client: "127.0.0.1:1".parse().expect("address"),
     }
 }
 

@@ -1,6 +1,9 @@
 //! The `policy` CLI, as a real process, with fixture guests and the golden cases.
 
-#![allow(clippy::unwrap_used, reason = "test helpers: a failed set-up should fail the test")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed set-up should fail the test"
+)]
 
 use std::process::{Command, Output};
 

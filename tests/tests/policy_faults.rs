@@ -269,3 +269,58 @@ fn retired_generation_releases_its_instances() {
     assert_still_serving(&generation);
     assert_eq!(generation.idle_instances(), 0);
 }
+
+fn with_headers(host: &str, headers: &[(&str, &str)]) -> egress_proxy::policy::Request {
+    let mut req = get(host);
+    req.headers = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    req
+}
+
+#[test]
+fn the_guest_reads_headers_on_demand() {
+    let runtime = test_runtime();
+    let generation = misbehave(&runtime, ROUTES, MapSecrets::default());
+    let req = with_headers(
+        "echo.test",
+        &[("x-echo", "one"), ("accept", "*/*"), ("x-echo", "two")],
+    );
+    assert_eq!(generation.evaluate(&req).rule(), Some("one,two"));
+    let req = with_headers("entries.test", &[("a", "1"), ("b", "2")]);
+    assert_eq!(generation.evaluate(&req).rule(), Some("a=1;b=2"));
+    // No header: an empty list, not an error.
+    assert_eq!(generation.evaluate(&get("echo.test")).rule(), Some(""));
+}
+
+#[test]
+fn headers_never_carry_over_to_the_next_request() {
+    let runtime = test_runtime();
+    let generation = misbehave(&runtime, ROUTES, MapSecrets::default());
+    for i in 0..20 {
+        let value = format!("v{i}");
+        let req = with_headers("echo.test", &[("x-echo", &value)]);
+        assert_eq!(generation.evaluate(&req).rule(), Some(value.as_str()));
+    }
+    assert_eq!(PolicyStats::get(&runtime.stats().instances_created), 1);
+}
+
+#[test]
+fn credentials_are_hidden_from_the_policy() {
+    let runtime = test_runtime();
+    let generation = misbehave(&runtime, ROUTES, MapSecrets::default());
+    let target = egress_proxy::target::Target::from_url("https://entries.test/").unwrap();
+    let req = egress_proxy::policy::Request::new(
+        "GET",
+        target,
+        [
+            ("Authorization".to_owned(), "Bearer agent".to_owned()),
+            ("Proxy-Authorization".to_owned(), "Basic x".to_owned()),
+            ("Connection".to_owned(), "keep-alive".to_owned()),
+            ("X-Kept".to_owned(), "yes".to_owned()),
+        ],
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    assert_eq!(generation.evaluate(&req).rule(), Some("x-kept=yes"));
+}

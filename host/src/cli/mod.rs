@@ -66,9 +66,9 @@ pub enum PolicyCommand {
             value_delimiter = '\n'
         )]
         headers: Vec<String>,
-        /// The client address the policy sees.
-        #[arg(long, env = "EGRESS_PROXY_EVAL_CLIENT", default_value = crate::cases::LOCAL_CLIENT)]
-        client: String,
+        /// The client address the policy sees (`ip:port`).
+        #[arg(long, env = "EGRESS_PROXY_EVAL_CLIENT", default_value_t = crate::cases::LOCAL_CLIENT)]
+        client: std::net::SocketAddr,
         /// Request method (`CONNECT` decides a tunnel).
         method: String,
         /// Absolute URL, or `host:port` for `CONNECT`.
@@ -151,5 +151,64 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(args: &[&str]) -> RuntimeConfig {
+        let argv = [
+            &["egress-proxy", "policy", "check", "--routes", "r.yaml"],
+            args,
+        ]
+        .concat();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Policy(PolicyCommand::Check { policy }) => policy.limits.runtime_config(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flag_defaults_are_the_runtime_defaults() {
+        let from_flags = limits(&[]);
+        let defaults = RuntimeConfig::default();
+        assert_eq!(from_flags.decide_timeout, defaults.decide_timeout);
+        assert_eq!(from_flags.configure_timeout, defaults.configure_timeout);
+        assert_eq!(from_flags.memory_limit, defaults.memory_limit);
+        assert_eq!(from_flags.instance_slots, defaults.instance_slots);
+        assert_eq!(from_flags.max_idle_instances, defaults.max_idle_instances);
+    }
+
+    #[test]
+    fn limits_parse_units() {
+        let config = limits(&["--policy-timeout", "250ms", "--policy-memory-mib", "16"]);
+        assert_eq!(config.decide_timeout, Duration::from_millis(250));
+        assert_eq!(config.memory_limit, 16 << 20);
+        assert!(
+            Cli::try_parse_from([
+                "egress-proxy",
+                "policy",
+                "check",
+                "--routes",
+                "r",
+                "--policy-timeout",
+                "soon"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "egress-proxy",
+                "policy",
+                "check",
+                "--routes",
+                "r",
+                "--policy-memory-mib",
+                "0"
+            ])
+            .is_err()
+        );
     }
 }

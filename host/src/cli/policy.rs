@@ -21,7 +21,7 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             client,
             method,
             url,
-        } => eval(&policy, &headers, &client, &method, &url),
+        } => eval(&policy, &headers, client, &method, &url),
         PolicyCommand::Test { policy, cases } => test(&policy, &cases),
     }
 }
@@ -77,7 +77,7 @@ fn check(args: &PolicyArgs) -> Result<ExitCode> {
 fn eval(
     args: &PolicyArgs,
     headers: &[String],
-    client: &str,
+    client: std::net::SocketAddr,
     method: &str,
     url: &str,
 ) -> Result<ExitCode> {

@@ -5,6 +5,9 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy",
     ownership: Borrowing { duplicate_if_necessary: false },
+    with: {
+        "egress:policy/request-headers.headers": super::headers::RequestHeaders,
+    },
 });
 
 pub use exports::egress::policy::decider as wit;

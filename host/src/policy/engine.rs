@@ -71,7 +71,7 @@ impl RuntimeConfig {
 /// What every policy [`Store`] holds: an empty WASI context and the limits.
 pub struct StoreData {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     limits: StoreLimits,
 }
 
@@ -113,6 +113,11 @@ impl Shared {
         let engine = Engine::new(&engine_config(&config)).map_err(PolicyError::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::engine)?;
+        super::bindings::Policy::add_to_linker::<StoreData, wasmtime::component::HasSelf<StoreData>>(
+            &mut linker,
+            |data| data,
+        )
+        .map_err(PolicyError::engine)?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Self {
             engine,
@@ -159,6 +164,10 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .linear_memory_keep_resident(1 << 20)
         .pagemap_scan(Enabled::Auto);
     let mut cfg = Config::new();
+    #[cfg(feature = "profiling")]
+    if std::env::var_os("EGRESS_PROXY_PERFMAP").is_some() {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

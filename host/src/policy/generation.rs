@@ -5,10 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use super::bindings::Policy;
 use super::engine::{RuntimeConfig, StoreData};
+use super::headers::RequestHeaders;
 use super::module::PolicyModule;
 use super::verdict::{Decision, Denial, DenyKind, Validator, Verdict};
 use super::{PolicyError, PolicyStats, Request, convert};
@@ -134,17 +136,28 @@ impl Generation {
         instance
             .store
             .set_epoch_deadline(RuntimeConfig::ticks(self.config().decide_timeout));
-        let headers = convert::headers(req);
-        let result = instance
-            .policy
-            .egress_policy_decider()
-            .call_decide(&mut instance.store, convert::request(req, &headers));
+        let headers = RequestHeaders(Arc::clone(&req.headers));
+        let headers = match instance.store.data_mut().table.push(headers) {
+            Ok(headers) => headers,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot pass headers to the policy; denying");
+                return fault("the egress policy could not be called");
+            }
+        };
+        let result = instance.policy.egress_policy_decider().call_decide(
+            &mut instance.store,
+            convert::request(req),
+            Resource::new_borrow(headers.rep()),
+        );
         match result {
             Ok(raw) => {
                 let validator = Validator {
                     declared: &self.summary.secrets,
                 };
                 let verdict = convert::verdict(raw, &validator);
+                // The guest only borrowed the headers: take them back out of the table so
+                // the instance keeps nothing of this request.
+                let _ = instance.store.data_mut().table.delete(headers);
                 if let Verdict::Deny(Denial {
                     kind: DenyKind::InvalidVerdict,
                     reason,

@@ -17,6 +17,7 @@ mod bindings;
 mod convert;
 mod engine;
 mod generation;
+mod headers;
 mod module;
 mod request;
 mod verdict;

@@ -1,6 +1,8 @@
 //! The request a policy decides on, in the host's own types.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The scheme the client used toward the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,10 +50,11 @@ pub struct Request {
     pub port: u16,
     /// Path and query as sent (origin form); empty for a CONNECT.
     pub path: String,
-    /// Headers as (lower-case name, value).
-    pub headers: Vec<(String, String)>,
-    /// The client's socket address, `ip:port`.
-    pub client: String,
+    /// Headers as (lower-case name, value), without [`HIDDEN_HEADERS`]. Shared, not
+    /// copied, with the policy call that reads them.
+    pub headers: Arc<[(String, String)]>,
+    /// The client's socket address.
+    pub client: SocketAddr,
 }
 
 impl Request {
@@ -79,7 +82,7 @@ impl Request {
         method: &str,
         target: crate::target::Target,
         headers: impl IntoIterator<Item = (String, String)>,
-        client: String,
+        client: SocketAddr,
     ) -> Self {
         let headers = headers
             .into_iter()

@@ -88,14 +88,24 @@ impl Template {
         Ok(Self(parts))
     }
 
-    /// Merge adjacent literals and drop empty ones, so equal values compare equal.
-    pub fn normalized(&self) -> Self {
-        let mut out: Vec<Part> = Vec::with_capacity(self.0.len());
-        for part in &self.0 {
+    /// A template from parts, adjacent literals merged and empty ones dropped, so that
+    /// equal values compare equal.
+    pub fn from_parts(parts: Vec<Part>) -> Self {
+        let canonical = parts
+            .windows(2)
+            .all(|w| !matches!(w, [Part::Literal(_), Part::Literal(_)]))
+            && !parts
+                .iter()
+                .any(|p| matches!(p, Part::Literal(s) if s.is_empty()));
+        if canonical {
+            return Self(parts);
+        }
+        let mut out: Vec<Part> = Vec::with_capacity(parts.len());
+        for part in parts {
             match (out.last_mut(), part) {
                 (_, Part::Literal(s)) if s.is_empty() => {}
-                (Some(Part::Literal(prev)), Part::Literal(s)) => prev.push_str(s),
-                _ => out.push(part.clone()),
+                (Some(Part::Literal(prev)), Part::Literal(s)) => prev.push_str(&s),
+                (_, part) => out.push(part),
             }
         }
         Self(out)
@@ -321,6 +331,15 @@ impl Validator<'_> {
     }
 
     /// Control characters become spaces; the text is cut to [`MAX_TEXT`] bytes.
+    /// Clean text (the usual case) is returned as is, without copying.
+    pub(crate) fn owned_text(text: String) -> String {
+        if text.len() <= MAX_TEXT && !text.chars().any(char::is_control) {
+            return text;
+        }
+        Self::text(&text)
+    }
+
+    /// Control characters become spaces; the text is cut to [`MAX_TEXT`] bytes.
     pub(crate) fn text(text: &str) -> String {
         let mut out = String::with_capacity(text.len().min(MAX_TEXT));
         for c in text.chars() {
@@ -342,7 +361,7 @@ impl Validator<'_> {
         for part in &value {
             match part {
                 Part::Literal(text) => {
-                    if HeaderValue::from_str(text).is_err() {
+                    if !is_header_value_text(text) {
                         return Err(format!(
                             "header `{name}` has text that is not a valid header value"
                         ));
@@ -360,9 +379,15 @@ impl Validator<'_> {
         }
         Ok(InjectedHeader {
             name,
-            value: Template(value).normalized(),
+            value: Template::from_parts(value),
         })
     }
+}
+
+/// What `HeaderValue` accepts: visible ASCII, space, tab and obs-text (0x80-0xFF);
+/// no other control characters (so no CR, LF or NUL).
+fn is_header_value_text(text: &str) -> bool {
+    text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -377,6 +402,22 @@ mod tests {
         ]);
         assert_eq!(t.to_string(), "Bearer $$x ${GH_PAT}");
         assert_eq!(Template::parse(&t.to_string()).unwrap(), t);
+    }
+
+    #[test]
+    fn template_from_parts_is_canonical() {
+        let lit = |s: &str| Part::Literal(s.into());
+        let t = Template::from_parts(vec![lit("a"), lit(""), lit("b"), Part::Secret("S".into())]);
+        assert_eq!(t, Template(vec![lit("ab"), Part::Secret("S".into())]));
+        assert_eq!(Template::parse("ab${S}").unwrap(), t);
+    }
+
+    #[test]
+    fn header_value_text() {
+        assert!(is_header_value_text("Bearer abc\t\u{e9}"));
+        assert!(!is_header_value_text("a\r\nb"));
+        assert!(!is_header_value_text("a\u{0}"));
+        assert!(!is_header_value_text("a\u{7f}"));
     }
 
     #[test]

@@ -29,12 +29,11 @@ pub fn one_route_rejected(route: &str) -> String {
 pub fn request(scheme: Scheme, method: &str, host: &str, port: u16, path: &str) -> Request {
     Request {
         scheme,
-        method: method.to_owned(),
+        method: method.to_owned().into(),
         host: host.to_owned(),
         port,
         path: path.to_owned(),
-        headers: Vec::new(),
-        client: "10.0.0.2:40000".to_owned(),
+        client: std::net::SocketAddr::from(([10, 0, 0, 2], 40000)),
     }
 }
 
