@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
-use super::bindings::Policy;
+use super::bindings::{Policy, wit};
 use super::engine::{RuntimeConfig, StoreData};
 use super::headers::RequestHeaders;
 use super::module::PolicyModule;
@@ -29,6 +30,24 @@ pub struct Summary {
 struct Instance {
     store: Store<StoreData>,
     policy: Policy,
+}
+
+impl Instance {
+    /// Call `decide` under a fresh deadline. The headers are lent to the guest as a
+    /// resource for the call and taken back afterwards, so the instance keeps nothing
+    /// of this request; if they cannot be taken back the call counts as failed.
+    fn decide(&mut self, req: &Request, timeout: Duration) -> wasmtime::Result<wit::Verdict> {
+        self.store.set_epoch_deadline(RuntimeConfig::ticks(timeout));
+        let table = &mut self.store.data_mut().table;
+        let headers = table.push(RequestHeaders(Arc::clone(&req.headers)))?;
+        let result = self.policy.egress_policy_decider().call_decide(
+            &mut self.store,
+            convert::request(req),
+            Resource::new_borrow(headers.rep()),
+        );
+        self.store.data_mut().table.delete(headers)?;
+        result
+    }
 }
 
 /// A module configured with one routes document. Build with
@@ -124,8 +143,7 @@ impl Generation {
     /// `policy eval` and `policy test`). A trap, a timeout or an unusable verdict
     /// denies the request; a faulted instance is discarded and counted.
     pub fn evaluate(&self, req: &Request) -> Verdict {
-        let stats = self.stats();
-        PolicyStats::bump(&stats.decisions);
+        PolicyStats::bump(&self.stats().decisions);
         let mut instance = match self.checkout() {
             Ok(instance) => instance,
             Err(err) => {
@@ -133,56 +151,47 @@ impl Generation {
                 return fault("the egress policy could not be started");
             }
         };
-        instance
-            .store
-            .set_epoch_deadline(RuntimeConfig::ticks(self.config().decide_timeout));
-        let headers = RequestHeaders(Arc::clone(&req.headers));
-        let headers = match instance.store.data_mut().table.push(headers) {
-            Ok(headers) => headers,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot pass headers to the policy; denying");
-                return fault("the egress policy could not be called");
-            }
-        };
-        let result = instance.policy.egress_policy_decider().call_decide(
-            &mut instance.store,
-            convert::request(req),
-            Resource::new_borrow(headers.rep()),
-        );
-        match result {
+        match instance.decide(req, self.config().decide_timeout) {
             Ok(raw) => {
-                let validator = Validator {
-                    declared: &self.summary.secrets,
-                };
-                let verdict = convert::verdict(raw, &validator);
-                // The guest only borrowed the headers: take them back out of the table so
-                // the instance keeps nothing of this request.
-                let _ = instance.store.data_mut().table.delete(headers);
-                if let Verdict::Deny(Denial {
-                    kind: DenyKind::InvalidVerdict,
-                    reason,
-                    ..
-                }) = &verdict
-                {
-                    PolicyStats::bump(&stats.invalid_verdicts);
-                    tracing::warn!(%reason, host = %req.host, "policy verdict refused");
-                }
+                let verdict = self.validate(raw, req);
                 self.checkin(instance);
                 verdict
             }
-            Err(err) => {
-                PolicyStats::bump(&stats.instances_discarded);
-                let timed_out = matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt));
-                if timed_out {
-                    PolicyStats::bump(&stats.timeouts);
-                    tracing::warn!(host = %req.host, "policy decide() timed out; denying");
-                    fault("the egress policy timed out deciding this request")
-                } else {
-                    PolicyStats::bump(&stats.traps);
-                    tracing::warn!(host = %req.host, error = %format!("{err:#}"), "policy decide() trapped; denying");
-                    fault("the egress policy failed while deciding this request")
-                }
-            }
+            Err(err) => self.discard(instance, &err, req),
+        }
+    }
+
+    /// Map the guest's verdict to the domain, refusing what the host will not act on.
+    fn validate(&self, raw: wit::Verdict, req: &Request) -> Verdict {
+        let validator = Validator {
+            declared: &self.summary.secrets,
+        };
+        let verdict = convert::verdict(raw, &validator);
+        if let Verdict::Deny(Denial {
+            kind: DenyKind::InvalidVerdict,
+            reason,
+            ..
+        }) = &verdict
+        {
+            PolicyStats::bump(&self.stats().invalid_verdicts);
+            tracing::warn!(%reason, host = %req.host, "policy verdict refused");
+        }
+        verdict
+    }
+
+    /// A call failed: drop the instance (its store is unusable after a trap) and deny.
+    fn discard(&self, instance: Instance, err: &wasmtime::Error, req: &Request) -> Verdict {
+        drop(instance);
+        let stats = self.stats();
+        PolicyStats::bump(&stats.instances_discarded);
+        if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            PolicyStats::bump(&stats.timeouts);
+            tracing::warn!(host = %req.host, "policy decide() timed out; denying");
+            fault("the egress policy timed out deciding this request")
+        } else {
+            PolicyStats::bump(&stats.traps);
+            tracing::warn!(host = %req.host, error = %format!("{err:#}"), "policy decide() failed; denying");
+            fault("the egress policy failed while deciding this request")
         }
     }
 
@@ -230,7 +239,7 @@ fn fault(reason: &str) -> Verdict {
 fn new_instance(
     module: &Arc<PolicyModule>,
     routes: &str,
-) -> Result<(Instance, super::bindings::wit::Summary), PolicyError> {
+) -> Result<(Instance, wit::Summary), PolicyError> {
     let shared = &module.shared;
     let start_error = |e: wasmtime::Error| PolicyError::Start {
         origin: module.origin().to_owned(),
@@ -254,7 +263,7 @@ fn new_instance(
     Ok((Instance { store, policy }, summary))
 }
 
-fn check_summary(raw: super::bindings::wit::Summary) -> Result<Summary, PolicyError> {
+fn check_summary(raw: wit::Summary) -> Result<Summary, PolicyError> {
     let mut secrets = BTreeSet::new();
     for name in raw.secrets {
         if !is_valid_name(&name) {
