@@ -14,6 +14,7 @@
 //!   scheme/host/port/path the policy decides on.
 //! - [`cases`]: the `policy test` case-file format and its runner.
 //! - [`telemetry`]: logging set-up.
+//! - [`tls`]: the proxy's CA (create, save, load) and leaf certificates minted per host.
 
 pub mod cases;
 pub mod cli;
@@ -22,3 +23,4 @@ pub mod routes;
 pub mod secrets;
 pub mod target;
 pub mod telemetry;
+pub mod tls;

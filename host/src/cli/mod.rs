@@ -1,7 +1,10 @@
 //! The command line. `main.rs` parses [`Cli`] and calls [`run`]; every flag can also
 //! be set through the `EGRESS_PROXY_*` environment variable named in its help.
 
+mod ca;
 mod policy;
+
+pub use ca::CaCommand;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +44,9 @@ pub enum Command {
     /// Check, evaluate and test policies without running the proxy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Create the proxy's CA and print what an agent needs to trust it.
+    #[command(subcommand)]
+    Ca(CaCommand),
 }
 
 /// `egress-proxy policy …`
@@ -144,6 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
     telemetry::init(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Ca(cmd) => ca::run(cmd),
     };
     match result {
         Ok(code) => code,
