@@ -19,6 +19,7 @@
 pub mod cases;
 pub mod cli;
 pub mod policy;
+pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod target;

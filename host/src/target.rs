@@ -99,6 +99,22 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Whether `authority` (a `Host` header or URI authority, `host[:port]`) names
+    /// this target's host and port, after normalisation (case, trailing dot, IPv6
+    /// brackets, the scheme's default port).
+    pub fn same_authority(&self, authority: &str) -> bool {
+        let Ok(parsed) = authority.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        if parsed.as_str().contains('@') {
+            return false;
+        }
+        let port = parsed.port_u16().unwrap_or(self.scheme.default_port());
+        normalize_host(parsed.host()).is_ok_and(|host| host == self.host) && port == self.port
+    }
+}
+
 /// Normalise a host as it appears in a URL: ASCII, lower-case, no trailing dot, IPv6
 /// without brackets (zone identifiers are refused).
 pub fn normalize_host(host: &str) -> Result<String, String> {
@@ -156,6 +172,20 @@ mod tests {
         ));
         assert!(Target::from_url("/relative").is_err());
         assert!(Target::from_url("http://user:pw@x.example/").is_err());
+    }
+
+    #[test]
+    fn authority_agreement() {
+        let t = Target::from_authority("api.example.com:443").unwrap();
+        assert!(t.same_authority("api.example.com"));
+        assert!(t.same_authority("API.Example.com.:443"));
+        assert!(!t.same_authority("api.example.com:8443"));
+        assert!(!t.same_authority("evil.example.com"));
+        assert!(!t.same_authority("user@api.example.com"));
+        assert!(!t.same_authority(""));
+        let t = Target::from_authority("[::1]:8443").unwrap();
+        assert!(t.same_authority("[::1]:8443"));
+        assert!(!t.same_authority("[::1]"));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 mod ca;
 mod policy;
+mod run;
 
 pub use ca::CaCommand;
+pub use run::{DEFAULT_LISTEN, RunArgs};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +33,9 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` directive syntax (e.g. `info`, `egress_proxy=debug`).
-    #[arg(long, global = true, env = "EGRESS_PROXY_LOG", default_value = "warn")]
-    pub log: String,
+    /// Default: `info` for `run` (the access log is at info), `warn` otherwise.
+    #[arg(long, global = true, env = "EGRESS_PROXY_LOG")]
+    pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +44,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy: intercept, decide, forward. Stops on SIGTERM/SIGINT after
+    /// draining in-flight requests.
+    Run(Box<RunArgs>),
     /// Check, evaluate and test policies without running the proxy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -147,8 +153,13 @@ impl LimitArgs {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
-    telemetry::init(cli.log_format, &cli.log);
+    let default_filter = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    telemetry::init(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
     let result = match cli.command {
+        Command::Run(args) => run::run(&args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Ca(cmd) => ca::run(cmd),
     };

@@ -1,0 +1,223 @@
+//! `egress-proxy run`: load the policy and the CA, bind, serve until SIGTERM/SIGINT,
+//! drain, exit 0. Everything that can be wrong with the configuration is reported
+//! (exit 1) before the listener is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::PolicyArgs;
+use crate::proxy::{Proxy, ProxyConfig, UpstreamConfig};
+use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, TlsError};
+
+/// Default listen address (the container image uses `0.0.0.0:8080`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// `egress-proxy run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Module and routes.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Address the proxy listens on.
+    #[arg(long, env = "EGRESS_PROXY_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// CA certificate (PEM) used to mint leaf certificates. Give with --ca-key.
+    /// Default: the CA in the state directory, created on first start.
+    #[arg(long, env = "EGRESS_PROXY_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// CA private key (PEM). Give with --ca-cert.
+    #[arg(long, env = "EGRESS_PROXY_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Where the proxy keeps its CA when --ca-cert/--ca-key are not given
+    /// (`DIR/ca/ca.crt`, `DIR/ca/ca.key`). Default: `$XDG_STATE_HOME/egress-proxy`,
+    /// else `$HOME/.local/state/egress-proxy`.
+    #[arg(long, env = "EGRESS_PROXY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Extra CA certificates (PEM bundle) trusted for upstream servers, in addition
+    /// to the system roots.
+    #[arg(long, env = "EGRESS_PROXY_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Reach upstreams through this HTTP proxy (CONNECT tunnels), e.g.
+    /// `http://proxy.internal:3128`.
+    #[arg(long, env = "EGRESS_PROXY_UPSTREAM_PROXY")]
+    pub upstream_proxy: Option<http::Uri>,
+    /// Bound on opening a TCP connection to an upstream (per address); over it: 504.
+    #[arg(long, env = "EGRESS_PROXY_CONNECT_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Bound on waiting for an upstream's response headers; over it: 504.
+    #[arg(long, env = "EGRESS_PROXY_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "5m")]
+    pub upstream_timeout: Duration,
+    /// How long shutdown (SIGTERM/SIGINT) waits for in-flight requests.
+    #[arg(long, env = "EGRESS_PROXY_DRAIN_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "10s")]
+    pub drain_timeout: Duration,
+    /// Leaf certificates kept in memory (one per host).
+    #[arg(long, env = "EGRESS_PROXY_LEAF_CACHE_SIZE", default_value_t = crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
+          value_parser = clap::value_parser!(usize))]
+    pub leaf_cache_size: usize,
+    /// Worker threads serving requests. Default: one per CPU.
+    #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+impl RunArgs {
+    /// The data-plane settings these flags describe.
+    pub fn proxy_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            upstream: UpstreamConfig {
+                extra_ca: self.upstream_ca.clone(),
+                system_roots: true,
+                proxy: self.upstream_proxy.clone(),
+                connect_timeout: self.connect_timeout,
+                response_timeout: self.upstream_timeout,
+            },
+            drain_timeout: self.drain_timeout,
+            leaf_cache_capacity: self.leaf_cache_size.max(1),
+            ..ProxyConfig::default()
+        }
+    }
+}
+
+pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
+    let loaded = super::policy::load(&args.policy)?;
+    let ca = Arc::new(load_ca(args)?);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let generation = Arc::new(loaded.generation);
+        generation
+            .prewarm(2)
+            .context("the policy failed while starting instances")?;
+        let (_publish, policy) = tokio::sync::watch::channel(generation.clone());
+        let proxy = Proxy::new(args.proxy_config(), policy, ca)?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr().context("listener address")?;
+        tracing::info!(
+            listen = %local,
+            policy = %generation.module().origin(),
+            policy_sha256 = %generation.module().sha256(),
+            routes = %loaded.routes.path.display(),
+            rules = generation.summary().rules,
+            "egress-proxy listening"
+        );
+        proxy.serve(listener, shutdown_signal()?).await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    })
+}
+
+/// The CA from --ca-cert/--ca-key, or the state directory's (created on first start).
+fn load_ca(args: &RunArgs) -> Result<CertificateAuthority> {
+    if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
+        return Ok(CertificateAuthority::load_files(cert, key)?);
+    }
+    let dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => default_state_dir()?,
+    }
+    .join("ca");
+    load_or_create(&dir)
+}
+
+fn load_or_create(dir: &Path) -> Result<CertificateAuthority> {
+    match CertificateAuthority::load(dir) {
+        Ok(ca) => {
+            tracing::info!(cert = %dir.join(CA_CERT_FILE).display(), "using the CA in the state directory");
+            Ok(ca)
+        }
+        Err(TlsError::Missing { .. }) if !dir.join(CA_KEY_FILE).exists() => {
+            let ca = CertificateAuthority::generate()?;
+            let (cert, _) = ca.save(dir, false)?;
+            tracing::info!(
+                cert = %cert.display(),
+                sha256 = %ca.fingerprint(),
+                "created a new CA; agents must trust this certificate (see `egress-proxy ca env`)"
+            );
+            Ok(ca)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn default_state_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("egress-proxy"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/egress-proxy")),
+        None => bail!("no state directory: set --state-dir (or give --ca-cert and --ca-key)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::proxy::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = [&["egress-proxy", "run", "--routes", "r.yaml"], extra].concat();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let args = args(&[]);
+        assert_eq!(args.listen, DEFAULT_LISTEN.parse().unwrap());
+        let config = args.proxy_config();
+        let defaults = ProxyConfig::default();
+        assert_eq!(config.drain_timeout, defaults.drain_timeout);
+        assert_eq!(config.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.upstream.response_timeout, DEFAULT_RESPONSE_TIMEOUT);
+        assert_eq!(config.leaf_cache_capacity, defaults.leaf_cache_capacity);
+    }
+
+    #[test]
+    fn ca_files_come_in_pairs() {
+        let parses = |extra: &[&str]| {
+            let argv = [&["egress-proxy", "run", "--routes", "r"], extra].concat();
+            Cli::try_parse_from(argv).is_ok()
+        };
+        assert!(!parses(&["--ca-cert", "c.pem"]));
+        assert!(!parses(&["--ca-key", "k.pem"]));
+        assert!(parses(&["--ca-cert", "c.pem", "--ca-key", "k.pem"]));
+        assert!(!parses(&["--listen", "localhost"]));
+        assert!(!parses(&["--upstream-timeout", "soon"]));
+    }
+}

@@ -1,0 +1,110 @@
+//! The access log: one line per request, emitted when its response has been fully
+//! sent (or abandoned), through `tracing` target `egress_proxy::access`.
+//!
+//! Fields: `client`, `method`, `scheme`, `host`, `port`, `path`, `decision` (`allow`,
+//! `inject`, `deny`, or `error` for a request the proxy could not complete), `rule`,
+//! `deny_kind`, `status`, `bytes` (response body bytes sent to the client),
+//! `duration_ms`, `generation` (the policy module's sha256 prefix), and `outcome`
+//! (`complete`, or `aborted` when the response body did not finish). Never a header
+//! value: credentials cannot reach the log.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::policy::Scheme;
+
+/// The target the access log lines are written to.
+pub const ACCESS_TARGET: &str = "egress_proxy::access";
+
+/// What was decided, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded unchanged.
+    Allow,
+    /// Forwarded with injected headers.
+    Inject,
+    /// Refused by the policy (or by the host on its behalf).
+    Deny,
+    /// Refused or failed by the proxy itself (bad request, upstream failure).
+    Error,
+}
+
+impl Outcome {
+    /// The label in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Inject => "inject",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One request's log line, filled in as the request goes through the pipeline.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub(crate) start: Instant,
+    pub(crate) client: SocketAddr,
+    pub(crate) method: String,
+    pub(crate) scheme: Scheme,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) rule: Option<String>,
+    pub(crate) deny_kind: Option<&'static str>,
+    pub(crate) status: u16,
+    pub(crate) generation: Option<String>,
+}
+
+impl AccessRecord {
+    /// A record for a request that has just arrived.
+    pub(crate) fn new(
+        start: Instant,
+        client: SocketAddr,
+        method: &str,
+        scheme: Scheme,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Self {
+        Self {
+            start,
+            client,
+            method: method.to_owned(),
+            scheme,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+            outcome: Outcome::Error,
+            rule: None,
+            deny_kind: None,
+            status: 0,
+            generation: None,
+        }
+    }
+
+    /// Write the line.
+    pub(crate) fn emit(&self, bytes: u64, complete: bool) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: ACCESS_TARGET,
+            client = %self.client,
+            method = %self.method,
+            scheme = self.scheme.as_str(),
+            host = %self.host,
+            port = self.port,
+            path = %self.path,
+            decision = self.outcome.as_str(),
+            rule = self.rule.as_deref().unwrap_or("-"),
+            deny_kind = self.deny_kind.unwrap_or("-"),
+            status = self.status,
+            bytes,
+            duration_ms = format_args!("{duration_ms:.3}"),
+            generation = self.generation.as_deref().unwrap_or("-"),
+            outcome = if complete { "complete" } else { "aborted" },
+            "access"
+        );
+    }
+}

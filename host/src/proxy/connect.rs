@@ -1,0 +1,232 @@
+//! CONNECT: decide the tunnel, then intercept it.
+//!
+//! 1. The CONNECT target (`host:port`) is decided by the policy like any request
+//!    (method `CONNECT`, no path). A denial is the CONNECT's answer: no TLS work is
+//!    done for a host the policy does not route.
+//! 2. The leaf certificate for the host is fetched from the cache (minted on first
+//!    use), then `200` is answered and the connection upgraded.
+//! 3. The first byte must open a TLS handshake (`0x16`); anything else gets a
+//!    plain-text 400 and the tunnel is closed.
+//! 4. TLS is accepted with that leaf; a ClientHello whose SNI names another host gets
+//!    no certificate and the handshake fails. ALPN picks HTTP/2 or HTTP/1.1.
+//! 5. Each request inside is checked to name the CONNECT target (`Host` or
+//!    `:authority`, after normalisation) and goes through the pipeline as `https`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+use super::access::Outcome;
+use super::body::ProxyBody;
+use super::pipeline::{self, Exchange};
+use super::prefixed::Prefixed;
+use super::respond::Refusal;
+use super::{Proxy, server};
+use crate::policy::{self, Decision, Scheme};
+use crate::target::{Target, TargetError};
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Answer a CONNECT request: deny it, or accept it and intercept the tunnel.
+pub(crate) async fn handle(
+    proxy: &Arc<Proxy>,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let target = match authority.as_deref().map(Target::from_authority) {
+        Some(Ok(target)) => target,
+        Some(Err(err)) => {
+            let exchange = unknown_target(client, start, authority.as_deref().unwrap_or(""));
+            return pipeline::refuse(exchange.record("CONNECT"), &Refusal::BadTarget(err));
+        }
+        None => {
+            let exchange = unknown_target(client, start, "");
+            let err = TargetError::Host(req.uri().to_string(), "CONNECT needs host:port".into());
+            return pipeline::refuse(exchange.record("CONNECT"), &Refusal::BadTarget(err));
+        }
+    };
+    let exchange = Exchange {
+        start,
+        client,
+        target,
+    };
+    let mut record = exchange.record("CONNECT");
+    let policy_headers = match super::headers::for_policy(req.headers()) {
+        Ok(h) => h,
+        Err(reason) => return pipeline::refuse(record, &Refusal::BadRequest(reason)),
+    };
+    let request = policy::Request::new("CONNECT", exchange.target.clone(), policy_headers, client);
+    let generation = proxy.generation();
+    record.generation = Some(pipeline::generation_id(&generation));
+    match generation.decide(&request) {
+        Decision::Deny(denial) => return pipeline::denied(record, &denial, &generation),
+        Decision::Allow { rule } => {
+            record.outcome = Outcome::Allow;
+            record.rule = rule;
+        }
+        Decision::Inject { rule, .. } => {
+            record.outcome = Outcome::Inject;
+            record.rule = rule;
+        }
+    }
+    let tls = match proxy.tls.server_config_for(&exchange.target.host) {
+        Ok(config) => config,
+        Err(err) => return pipeline::refuse(record, &Refusal::Internal(err.to_string())),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tunnel_proxy = proxy.clone();
+    let target = exchange.target.clone();
+    proxy.tasks.spawn(async move {
+        if let Err(reason) = intercept(&tunnel_proxy, on_upgrade, tls, target.clone(), client).await
+        {
+            tracing::debug!(%client, host = %target.host, port = target.port, %reason, "tunnel closed");
+        }
+    });
+    record.status = 200;
+    Response::new(ProxyBody::empty().logged(record))
+}
+
+fn unknown_target(client: SocketAddr, start: Instant, authority: &str) -> Exchange {
+    Exchange {
+        start,
+        client,
+        target: Target {
+            scheme: Scheme::Https,
+            host: authority.to_owned(),
+            port: 0,
+            path: String::new(),
+        },
+    }
+}
+
+/// Run the intercepted tunnel: TLS, then HTTP/2 or HTTP/1.1 inside.
+async fn intercept(
+    proxy: &Arc<Proxy>,
+    on_upgrade: OnUpgrade,
+    tls: Arc<ServerConfig>,
+    target: Target,
+    client: SocketAddr,
+) -> Result<(), String> {
+    let upgraded = on_upgrade
+        .await
+        .map_err(|e| format!("upgrade failed: {e}"))?;
+    let mut io = TokioIo::new(upgraded);
+    let handshake_timeout = proxy.config.handshake_timeout;
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(handshake_timeout, io.read(&mut first)).await;
+    match read {
+        Err(_) => return Err("no TLS handshake in time".into()),
+        Ok(Err(e)) => return Err(format!("read failed: {e}")),
+        Ok(Ok(0)) => return Err("client closed the tunnel".into()),
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE => {
+            let _ = io.write_all(not_tls_response().as_bytes()).await;
+            let _ = io.shutdown().await;
+            return Err("the client sent non-TLS bytes into the tunnel; refused".into());
+        }
+        Ok(Ok(_)) => {}
+    }
+    let stream = Prefixed::new(first.to_vec(), io);
+    let accept = TlsAcceptor::from(tls).accept(stream);
+    let tls_stream = match tokio::time::timeout(handshake_timeout, accept).await {
+        Err(_) => return Err("TLS handshake timed out".into()),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "TLS handshake failed (SNI mismatch or client distrusts the CA?): {e}"
+            ));
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let connect = Arc::new(target);
+    let service_proxy = proxy.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let proxy = service_proxy.clone();
+        let connect = connect.clone();
+        async move { Ok::<_, Infallible>(inner(&proxy, req, &connect, client).await) }
+    });
+    server::serve_tls_connection(proxy, TokioIo::new(tls_stream), h2, service).await;
+    Ok(())
+}
+
+/// What a client that sends plain bytes into a tunnel is told, before it is closed.
+fn not_tls_response() -> String {
+    let body = "{\"error\":\"bad_request\",\"reason\":\"the egress proxy intercepts TLS only: a CONNECT tunnel must start with a TLS handshake\"}\n";
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// One request inside a tunnel.
+async fn inner(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    connect: &Target,
+    client: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let exchange = Exchange {
+        start,
+        client,
+        target: Target {
+            path,
+            ..connect.clone()
+        },
+    };
+    if let Err(refusal) = check_authority(&req, connect) {
+        return pipeline::refuse(exchange.record(req.method().as_str()), &refusal);
+    }
+    pipeline::forward(proxy, req, exchange).await
+}
+
+/// The request must name the CONNECT target: its absolute URI (HTTP/2 `:authority`
+/// or an HTTP/1.1 absolute-form) and its `Host` header, whichever are present, and at
+/// least one of them.
+fn check_authority(req: &Request<Incoming>, connect: &Target) -> Result<(), Refusal> {
+    if let Some(scheme) = req.uri().scheme_str()
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(Refusal::Misdirected(format!(
+            "a request inside a TLS tunnel must be https, not {scheme}"
+        )));
+    }
+    let uri_authority = req.uri().authority().map(|a| a.as_str());
+    let host_header = match req.headers().get(http::header::HOST) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| Refusal::BadRequest("the Host header is not valid text".into()))?,
+        ),
+        None => None,
+    };
+    if uri_authority.is_none() && host_header.is_none() {
+        return Err(Refusal::BadRequest("the request names no host".into()));
+    }
+    for named in [uri_authority, host_header].into_iter().flatten() {
+        if !connect.same_authority(named) {
+            return Err(Refusal::Misdirected(format!(
+                "the request names `{named}`, but the tunnel was opened to {}:{}",
+                connect.host, connect.port
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The request pipeline, one place for every request the proxy forwards (plain HTTP
+//! and inside intercepted tunnels alike): hide credentials from the policy, ask it,
+//! then deny, or inject and forward, or forward; stream the response back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::Proxy;
+use super::access::{AccessRecord, Outcome};
+use super::body::ProxyBody;
+use super::headers;
+use super::respond::{self, Refusal};
+use crate::policy::{self, Decision, Generation};
+use crate::target::Target;
+
+/// Where a request is going and who sent it, as established by the caller (the plain
+/// HTTP listener or a tunnel).
+#[derive(Debug, Clone)]
+pub(crate) struct Exchange {
+    pub(crate) start: Instant,
+    pub(crate) client: SocketAddr,
+    pub(crate) target: Target,
+}
+
+impl Exchange {
+    pub(crate) fn record(&self, method: &str) -> AccessRecord {
+        AccessRecord::new(
+            self.start,
+            self.client,
+            method,
+            self.target.scheme,
+            &self.target.host,
+            self.target.port,
+            &self.target.path,
+        )
+    }
+}
+
+/// A refusal, logged as an error line.
+pub(crate) fn refuse(mut record: AccessRecord, refusal: &Refusal) -> Response<ProxyBody> {
+    let response = refusal.response();
+    record.outcome = Outcome::Error;
+    record.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.logged(record))
+}
+
+/// A request the policy allowed but the upstream failed: logged with the policy's
+/// decision and the error status.
+fn upstream_failed(mut record: AccessRecord, refusal: &Refusal) -> Response<ProxyBody> {
+    let response = refusal.response();
+    record.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.logged(record))
+}
+
+/// A policy denial, logged as a deny line.
+pub(crate) fn denied(
+    mut record: AccessRecord,
+    denial: &policy::Denial,
+    generation: &Generation,
+) -> Response<ProxyBody> {
+    let response = respond::deny(denial, generation.module().sha256());
+    record.outcome = Outcome::Deny;
+    record.rule = denial.rule.clone();
+    record.deny_kind = Some(denial.kind.as_str());
+    record.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.logged(record))
+}
+
+/// The short form of a generation's identity in the log.
+pub(crate) fn generation_id(generation: &Generation) -> String {
+    generation.module().sha256().chars().take(12).collect()
+}
+
+/// Decide and forward one request.
+pub(crate) async fn forward(
+    proxy: &Arc<Proxy>,
+    mut req: Request<Incoming>,
+    exchange: Exchange,
+) -> Response<ProxyBody> {
+    let mut record = exchange.record(req.method().as_str());
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let policy_headers = match headers::for_policy(req.headers()) {
+        Ok(h) => h,
+        Err(reason) => return refuse(record, &Refusal::BadRequest(reason)),
+    };
+    let request = policy::Request::new(
+        req.method().as_str(),
+        exchange.target.clone(),
+        policy_headers,
+        exchange.client,
+    );
+    let generation = proxy.generation();
+    record.generation = Some(generation_id(&generation));
+    let injected = match generation.decide(&request) {
+        Decision::Deny(denial) => return denied(record, &denial, &generation),
+        Decision::Allow { rule } => {
+            record.outcome = Outcome::Allow;
+            record.rule = rule;
+            Vec::new()
+        }
+        Decision::Inject { headers, rule } => {
+            record.outcome = Outcome::Inject;
+            record.rule = rule;
+            headers
+        }
+    };
+    drop(request);
+
+    let (mut parts, body) = req.into_parts();
+    headers::sanitize_request(&mut parts.headers, upgrade);
+    for (name, value) in injected {
+        parts.headers.insert(name, value);
+    }
+    parts.uri = match upstream_uri(&exchange.target) {
+        Ok(uri) => uri,
+        Err(reason) => return refuse(record, &Refusal::Internal(reason)),
+    };
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let mut response = match proxy.upstream.send(upstream_req, upgrade).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::warn!(host = %exchange.target.host, port = exchange.target.port, %err, "upstream request failed");
+            return upstream_failed(record, &Refusal::Upstream(err));
+        }
+    };
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        match client_upgrade {
+            Some(client_upgrade) => {
+                bridge(proxy, client_upgrade, hyper::upgrade::on(&mut response))
+            }
+            None => {
+                return upstream_failed(
+                    record,
+                    &Refusal::Upstream(super::upstream::UpstreamError::Protocol(
+                        "101 Switching Protocols to a request that did not ask to upgrade".into(),
+                    )),
+                );
+            }
+        }
+    }
+    record.status = response.status().as_u16();
+    let (mut parts, body) = response.into_parts();
+    headers::sanitize_response(&mut parts.headers, switching);
+    parts.version = http::Version::default();
+    Response::from_parts(parts, ProxyBody::upstream(body).logged(record))
+}
+
+/// The URI the upstream client is given: `scheme://host:port/path`. The explicit
+/// port keeps a proxy tunnel on the right port; the client leaves a default port out
+/// of `Host`.
+fn upstream_uri(target: &Target) -> Result<Uri, String> {
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    let path = if target.path.is_empty() {
+        "/"
+    } else {
+        &target.path
+    };
+    let text = format!("{}://{host}:{}{path}", target.scheme, target.port);
+    text.parse()
+        .map_err(|e| format!("cannot build the upstream URI `{text}`: {e}"))
+}
+
+/// After a `101`, splice the client's and the upstream's upgraded connections.
+fn bridge(proxy: &Arc<Proxy>, client: OnUpgrade, upstream: OnUpgrade) {
+    let halt = proxy.halt.clone();
+    proxy.tasks.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(%err, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(err) = result {
+                    tracing::debug!(%err, "upgraded connection ended");
+                }
+            }
+            () = halt.cancelled() => {}
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Scheme;
+
+    #[test]
+    fn upstream_uris_are_absolute_with_port() {
+        let target = Target {
+            scheme: Scheme::Https,
+            host: "::1".into(),
+            port: 8443,
+            path: "/a?b=c".into(),
+        };
+        assert_eq!(upstream_uri(&target).unwrap(), "https://[::1]:8443/a?b=c");
+        let target = Target {
+            scheme: Scheme::Http,
+            host: "example.com".into(),
+            port: 80,
+            path: String::new(),
+        };
+        assert_eq!(upstream_uri(&target).unwrap(), "http://example.com:80/");
+    }
+}
