@@ -5,6 +5,8 @@
     clippy::expect_used,
     reason = "test harness: a broken set-up should fail the test loudly"
 )]
+pub mod proxy;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
