@@ -299,6 +299,7 @@ fn proxy(args: &[&str]) -> Output {
         .env_remove("EGRESS_PROXY_CA_FORCE")
         .env_remove("EGRESS_PROXY_CA_CERT_PATH")
         .env_remove("EGRESS_PROXY_CA_ENV_PROXY_URL")
+        .env_remove("EGRESS_PROXY_CA_ENV_NO_PROXY_VARS")
         .output()
         .unwrap()
 }
@@ -409,6 +410,10 @@ fn cli_env_prints_export_lines() {
         let line = format!("export {var}='{}'", path_str(&cert));
         assert!(stdout.lines().any(|l| l == line), "{line} in\n{stdout}");
     }
+    assert!(
+        stdout.contains("export HTTPS_PROXY='http://127.0.0.1:8080'\n"),
+        "the proxy variables default to the default listen address: {stdout}"
+    );
 
     let out = proxy(&[
         "ca",
@@ -416,7 +421,7 @@ fn cli_env_prints_export_lines() {
         "--cert-path",
         "/etc/egress-proxy/ca.crt",
         "--proxy-url",
-        "http://127.0.0.1:8080",
+        "http://egress-proxy:8080",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -425,9 +430,13 @@ fn cli_env_prints_export_lines() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("export HTTPS_PROXY='http://127.0.0.1:8080'\n"),
+        stdout.contains("export HTTPS_PROXY='http://egress-proxy:8080'\n"),
         "{stdout}"
     );
+    assert!(stdout.contains("export http_proxy='http://egress-proxy:8080'\n"));
+
+    let out = proxy(&["ca", "env", "--cert-path", "/ca.crt", "--no-proxy-vars"]);
+    assert!(!text(&out.stdout).contains("PROXY"));
 
     let empty = tempfile::tempdir().unwrap();
     let out = proxy(&["ca", "env", "--dir", path_str(empty.path())]);

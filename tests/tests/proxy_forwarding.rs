@@ -345,3 +345,69 @@ async fn large_bodies_stream_both_ways() {
     let echo: Value = upload.json().await.unwrap();
     assert_eq!(echo["body_bytes"], 16 << 20);
 }
+
+/// A TLS client for a hand-made tunnel, trusting the proxy's CA only.
+fn tls_connector(proxy: &TestProxy) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(proxy.ca_path()).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_sni_naming_another_host_than_the_connect_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream().await;
+    let proxy = standard_proxy(&upstream, dir.path()).await;
+    let authority = format!("localhost:{}", upstream.port());
+    let connector = tls_connector(&proxy);
+    // Agreeing SNI: the handshake succeeds with a certificate for localhost.
+    let (status, _, tcp) = proxy.connect(&authority).await;
+    assert_eq!(status, 200);
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    drop(tls);
+    // Another SNI through the same CONNECT target: no certificate, no tunnel.
+    let (status, _, tcp) = proxy.connect(&authority).await;
+    assert_eq!(status, 200);
+    let err = connector
+        .connect("api.github.com".try_into().unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("alert"), "{err}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_target_gets_an_ip_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream().await;
+    let ca = upstream.ca().write_pem(dir.path());
+    let routes = format!(
+        "routes:\n  - host: 127.0.0.1\n    ports: [{}]\n    path_allowlist: [/echo/]\n",
+        upstream.port()
+    );
+    let proxy = TestProxy::start(ProxyOptions::new(&routes, &ca)).await;
+    let echo: Value = proxy
+        .client(false)
+        .get(format!("https://127.0.0.1:{}/echo/ip", upstream.port()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["path"], "/echo/ip");
+}

@@ -44,10 +44,10 @@ pub enum CaCommand {
         #[command(flatten)]
         dir: CaDir,
     },
-    /// Print `export` lines that make an agent's tools trust the CA (eval them in the
-    /// agent's shell): SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
-    /// NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO and PIP_CERT, all set to the certificate's
-    /// path.
+    /// Print `export` lines that make an agent's tools trust the CA and use the proxy
+    /// (eval them in the agent's shell): SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+    /// CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO and PIP_CERT, all set to the
+    /// certificate's path, and HTTP_PROXY/HTTPS_PROXY (both cases) set to --proxy-url.
     ///
     /// Most of these variables *replace* a tool's trusted roots rather than add to
     /// them. That is what a bottled agent needs: all of its traffic goes through the
@@ -67,10 +67,17 @@ pub enum CaCommand {
         /// sandbox); printed as given, not read. Default: DIR/ca.crt, made absolute.
         #[arg(long, env = "EGRESS_PROXY_CA_CERT_PATH", alias = "ca-cert")]
         cert_path: Option<PathBuf>,
-        /// Also export HTTP_PROXY/HTTPS_PROXY (and the lower-case forms) with this
-        /// proxy URL, e.g. `http://127.0.0.1:8080`.
-        #[arg(long, env = "EGRESS_PROXY_CA_ENV_PROXY_URL")]
-        proxy_url: Option<String>,
+        /// The proxy URL exported as HTTP_PROXY/HTTPS_PROXY (and the lower-case
+        /// forms), as the agent reaches the proxy, e.g. `http://egress-proxy:8080`.
+        #[arg(
+            long,
+            env = "EGRESS_PROXY_CA_ENV_PROXY_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        proxy_url: String,
+        /// Print only the CA variables, not the proxy ones.
+        #[arg(long, env = "EGRESS_PROXY_CA_ENV_NO_PROXY_VARS")]
+        no_proxy_vars: bool,
     },
 }
 
@@ -90,7 +97,12 @@ pub(super) fn run(cmd: CaCommand) -> Result<ExitCode> {
             dir,
             cert_path,
             proxy_url,
-        } => env(dir.as_deref(), cert_path, proxy_url.as_deref()),
+            no_proxy_vars,
+        } => env(
+            dir.as_deref(),
+            cert_path,
+            (!no_proxy_vars).then_some(proxy_url.as_str()),
+        ),
     }
 }
 
