@@ -2,11 +2,14 @@
 //! WebAssembly component.
 //!
 //! Module map:
-//! - [`cli`]: the command line (clap types and the `policy` subcommands); `main.rs`
+//! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
 //!   only parses and calls in here.
 //! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
 //!   loaded module (built-in default or a user `.wasm`), generations (module + routes
 //!   + a pool of configured instances) and the verdicts they return.
+//! - [`proxy`]: the data plane: the forward proxy (CONNECT + TLS interception, plain
+//!   HTTP), the one request pipeline that asks the policy and denies, injects or
+//!   forwards, the pooled upstream clients, deny/error responses and the access log.
 //! - [`routes`]: reading a routes file (YAML or JSON) into the JSON document the policy
 //!   is configured with.
 //! - [`secrets`]: where injected credential values come from (the proxy's environment).

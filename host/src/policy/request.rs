@@ -86,7 +86,10 @@ impl Request {
     ) -> Self {
         let headers = headers
             .into_iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .map(|(mut name, value)| {
+                name.make_ascii_lowercase();
+                (name, value)
+            })
             .filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()))
             .collect();
         Self {
