@@ -8,8 +8,7 @@
 //! - `/echo`, `/echo/...`: the request (method, path, version, headers, body length)
 //!   as JSON.
 //! - `/sse?events=N` (default 3): a server-sent event stream; event 0 is sent at once,
-//!   each further one waits for a permit from [`Upstream::release_sse`]. With
-//!   `&gate=off` every event is sent at once (for load tests).
+//!   each further one waits for a permit from [`Upstream::release_sse`].
 //! - `/ws`: WebSocket echo over an HTTP/1.1 Upgrade.
 //! - `/bytes?n=N`: exactly N bytes, byte `i` being `(i % 251) as u8`, streamed.
 //! - `/status/CODE`: an empty response with that status.

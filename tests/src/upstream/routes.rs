@@ -84,21 +84,14 @@ async fn echo(req: Request<Incoming>, seen: Seen) -> Response<Body> {
     )
 }
 
-/// `/sse?events=N`: event 0 at once, each further event after one permit of the gate;
-/// with `gate=off`, every event at once (for load tests).
+/// `/sse?events=N`: event 0 at once, each further event after one permit of the gate.
 fn sse(req: &Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
-    let query = req.uri().query();
-    let events = match query_param(query, "events") {
+    let events = match query_param(req.uri().query(), "events") {
         None => DEFAULT_SSE_EVENTS,
         Some(n) => match n.parse() {
             Ok(n) => n,
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         },
-    };
-    let gated = match query_param(query, "gate").as_deref() {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(_) => return empty(StatusCode::BAD_REQUEST),
     };
     let shared = Arc::clone(shared);
     let events = stream::unfold(0_u32, move |i| {
@@ -107,7 +100,7 @@ fn sse(req: &Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
             if i >= events {
                 return None;
             }
-            if i > 0 && gated {
+            if i > 0 {
                 // Closed only when the upstream shuts down: end the stream then.
                 shared.sse_gate.acquire().await.ok()?.forget();
             }
