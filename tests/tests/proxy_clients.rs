@@ -359,6 +359,39 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
         .unwrap();
     assert_eq!(denied.status(), 403);
     denied.bytes().await.unwrap();
+    // A download much larger than the proxy's memory streams through in bounded
+    // memory: its peak RSS grows by far less than the body.
+    let hwm = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = hwm();
+    let size: u64 = 128 << 20;
+    let mut download = client
+        .get(upstream.url(&format!("/bytes?n={size}")))
+        .send()
+        .await
+        .unwrap();
+    let mut received = 0u64;
+    while let Some(chunk) = download.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, size);
+    let growth = hwm().saturating_sub(before);
+    assert!(
+        growth < 32 << 20,
+        "peak RSS grew by {growth} bytes for a {size}-byte body"
+    );
     drop(client);
 
     let status = Command::new("kill")
@@ -400,6 +433,7 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
             ("CONNECT".to_owned(), "allow".to_owned(), 200),
             ("GET".to_owned(), "inject".to_owned(), 200),
             ("GET".to_owned(), "deny".to_owned(), 403),
+            ("GET".to_owned(), "inject".to_owned(), 200),
         ],
         "{text}"
     );
