@@ -10,6 +10,9 @@
 //! - [`proxy`]: the data plane: the forward proxy (CONNECT + TLS interception, plain
 //!   HTTP), the one request pipeline that asks the policy and denies, injects or
 //!   forwards, the pooled upstream clients, deny/error responses and the access log.
+//! - [`reload`]: hot reload: watch the routes file and module (their directories),
+//!   SIGHUP and a periodic hash check; build a whole new generation off the request
+//!   path and publish it atomically; a failed reload keeps the old one.
 //! - [`routes`]: reading a routes file (YAML or JSON) into the JSON document the policy
 //!   is configured with.
 //! - [`secrets`]: where injected credential values come from (the proxy's environment).
@@ -23,6 +26,7 @@ pub mod cases;
 pub mod cli;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod target;

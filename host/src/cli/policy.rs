@@ -27,13 +27,13 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
 }
 
 /// A loaded policy: what every subcommand starts from.
-pub(super) struct Loaded {
-    pub(super) generation: Generation,
-    pub(super) routes: RoutesDocument,
+struct Loaded {
+    generation: Generation,
+    routes: RoutesDocument,
     _runtime: Runtime,
 }
 
-pub(super) fn load(args: &PolicyArgs) -> Result<Loaded> {
+fn load(args: &PolicyArgs) -> Result<Loaded> {
     let routes = RoutesDocument::load(&args.routes)?;
     let runtime = Runtime::new(args.limits.runtime_config())?;
     let module = match &args.policy {

@@ -12,8 +12,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::PolicyArgs;
+use crate::policy::Runtime;
 use crate::proxy::{Proxy, ProxyConfig, UpstreamConfig};
+use crate::reload::{self, Reloader, Sources, Trigger};
+use crate::secrets::EnvSecrets;
 use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, TlsError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Default listen address (the container image uses `0.0.0.0:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -63,6 +68,11 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_PROXY_LEAF_CACHE_SIZE", default_value_t = crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
           value_parser = clap::value_parser!(usize))]
     pub leaf_cache_size: usize,
+    /// How often the routes file and module are hashed to catch changes that
+    /// produced no file-system event (a safety net; events and SIGHUP reload at once).
+    #[arg(long, env = "EGRESS_PROXY_RELOAD_INTERVAL", value_parser = humantime::parse_duration,
+          default_value = "30s")]
+    pub reload_interval: Duration,
     /// Worker threads serving requests. Default: one per CPU.
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -87,7 +97,12 @@ impl RunArgs {
 }
 
 pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
-    let loaded = super::policy::load(&args.policy)?;
+    let runtime = Runtime::new(args.policy.limits.runtime_config())?;
+    let sources = Sources {
+        routes: args.policy.routes.clone(),
+        policy: args.policy.policy.clone(),
+    };
+    let (reloader, policy) = Reloader::start(runtime, sources, Arc::new(EnvSecrets))?;
     let ca = Arc::new(load_ca(args)?);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
@@ -98,29 +113,65 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let generation = Arc::new(loaded.generation);
-        generation
-            .prewarm(2)
-            .context("the policy failed while starting instances")?;
-        let (_publish, policy) = tokio::sync::watch::channel(generation.clone());
         let proxy = Proxy::new(args.proxy_config(), policy, ca)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("listener address")?;
+        let generation = proxy.generation();
         tracing::info!(
             listen = %local,
             policy = %generation.module().origin(),
             policy_sha256 = %generation.module().sha256(),
-            routes = %loaded.routes.path.display(),
+            routes = %args.policy.routes.display(),
             rules = generation.summary().rules,
             "egress-proxy listening"
         );
+        drop(generation);
+        let (triggers, receiver) = tokio::sync::mpsc::unbounded_channel();
+        // Without file events (inotify limits, network filesystems) the periodic
+        // check and SIGHUP still reload.
+        let _watcher = match reload::watch_sources(reloader.sources(), triggers.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the policy files; reloading on SIGHUP and every poll interval only");
+                None
+            }
+        };
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(reload::poll(args.reload_interval, triggers.clone()));
+        tasks.spawn(forward_sighup(triggers, stop.clone())?);
+        tasks.spawn(reloader.run(receiver, stop.clone()));
         proxy.serve(listener, shutdown_signal()?).await;
+        stop.cancel();
+        tasks.close();
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Turns SIGHUP into a forced reload until `stop`.
+fn forward_sighup(
+    triggers: tokio::sync::mpsc::UnboundedSender<Trigger>,
+    stop: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                received = hup.recv() => {
+                    if received.is_none() || triggers.send(Trigger::Signal).is_err() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the policy");
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
