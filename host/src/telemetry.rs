@@ -22,6 +22,10 @@ pub fn init(format: LogFormat, filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // If stderr goes away (a log collector restarts), writes fail; the default
+        // would report that with eprintln!, which panics on the same broken stderr
+        // and would take the proxy down. Dropping log lines is the lesser harm.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

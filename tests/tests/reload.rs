@@ -264,3 +264,83 @@ fn sighup_reloads_a_running_proxy() {
     wait_for("stopped");
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_is_injected_without_a_restart() {
+    use egress_proxy_tests::proxy::{TOKEN_NAME, standard_routes};
+    use egress_proxy_tests::upstream::{Upstream, UpstreamOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(UpstreamOptions::default()).await;
+    let upstream_ca = upstream.ca().write_pem(dir.path());
+    let routes_path = dir.path().join("routes.yaml");
+    std::fs::write(&routes_path, standard_routes(upstream.port())).unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join(TOKEN_NAME), "first-token\n").unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(egress_proxy_tests::proxy_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--routes")
+        .arg(&routes_path)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--upstream-ca")
+        .arg(&upstream_ca)
+        .arg("--secrets-dir")
+        .arg(&secrets)
+        .env_remove(TOKEN_NAME)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep draining the log (a closed pipe would fail the proxy's writes).
+    let stderr = child.stderr.take().unwrap();
+    let (listen_tx, listen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+                continue;
+            };
+            if event["message"] == "egress-proxy listening" {
+                let _ = listen_tx.send(event["listen"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let child = KillOnDrop(child);
+    let listen = listen_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("proxy listening");
+    let pem = std::fs::read(state.join("ca/ca.crt")).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .proxy(reqwest::Proxy::all(format!("http://{listen}")).unwrap())
+        .build()
+        .unwrap();
+    let fetch = || async {
+        let response = client.get(upstream.url("/echo/s")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    };
+    fetch().await;
+    std::fs::write(secrets.join(TOKEN_NAME), "second-token").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fetch().await;
+    let auth: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|s| s.header("authorization").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(auth, ["Bearer first-token", "Bearer second-token"]);
+    drop(child);
+}
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

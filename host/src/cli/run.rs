@@ -15,7 +15,7 @@ use super::PolicyArgs;
 use crate::policy::Runtime;
 use crate::proxy::{Proxy, ProxyConfig, UpstreamConfig};
 use crate::reload::{self, Reloader, Sources, Trigger};
-use crate::secrets::EnvSecrets;
+use crate::secrets::{EnvSecrets, FileSecrets, SecretSource};
 use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, TlsError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// else `$HOME/.local/state/egress-proxy`.
     #[arg(long, env = "EGRESS_PROXY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Directory of secret files, one per name (`DIR/GH_PAT`), e.g. a mounted
+    /// Kubernetes Secret; re-read within a second of a change. Names without a file
+    /// come from the environment. Default: the environment only.
+    #[arg(long, env = "EGRESS_PROXY_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Extra CA certificates (PEM bundle) trusted for upstream servers, in addition
     /// to the system roots.
     #[arg(long, env = "EGRESS_PROXY_UPSTREAM_CA")]
@@ -102,7 +107,11 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         routes: args.policy.routes.clone(),
         policy: args.policy.policy.clone(),
     };
-    let (reloader, policy) = Reloader::start(runtime, sources, Arc::new(EnvSecrets))?;
+    let secrets: Arc<dyn SecretSource> = match &args.secrets_dir {
+        Some(dir) => Arc::new(FileSecrets::new(dir)),
+        None => Arc::new(EnvSecrets),
+    };
+    let (reloader, policy) = Reloader::start(runtime, sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
