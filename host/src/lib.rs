@@ -2,6 +2,7 @@
 //! WebAssembly component.
 //!
 //! Module map:
+//! - [`admin`]: the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
 //! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
 //!   only parses and calls in here.
 //! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
@@ -22,6 +23,7 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`tls`]: the proxy's CA (create, save, load) and leaf certificates minted per host.
 
+pub mod admin;
 pub mod cases;
 pub mod cli;
 pub mod policy;

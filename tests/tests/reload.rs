@@ -228,7 +228,15 @@ fn sighup_reloads_a_running_proxy() {
     let routes_path = dir.path().join("routes.yaml");
     std::fs::write(&routes_path, routes("a.example")).unwrap();
     let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--routes")
         .arg(&routes_path)
         .arg("--state-dir")
@@ -279,7 +287,15 @@ async fn a_rotated_secret_file_is_injected_without_a_restart() {
     std::fs::write(secrets.join(TOKEN_NAME), "first-token\n").unwrap();
     let state = dir.path().join("state");
     let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--routes")
         .arg(&routes_path)
         .arg("--state-dir")

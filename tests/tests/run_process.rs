@@ -13,7 +13,15 @@ fn a_closed_log_pipe_does_not_stop_the_proxy() {
     let routes = dir.path().join("routes.yaml");
     std::fs::write(&routes, "routes:\n  - host: a.example\n").unwrap();
     let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--routes")
         .arg(&routes)
         .arg("--state-dir")
@@ -43,6 +51,104 @@ fn a_closed_log_pipe_does_not_stop_the_proxy() {
         assert!(response.starts_with("HTTP/1.1 403"), "{response}");
     }
     assert!(child.try_wait().unwrap().is_none(), "the proxy exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `GET` on the admin listener: (status, body).
+fn admin_get(admin: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "routes:\n  - host: api.github.com\n    auth: {scheme: Bearer, token_ref: GH_PAT}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(egress_proxy_tests::proxy_bin())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("GH_PAT", "never-shown-by-admin")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut wait_for = |message: &str| -> serde_json::Value {
+        for line in lines.by_ref() {
+            let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if event["message"] == message {
+                return event;
+            }
+        }
+        panic!("the proxy exited before logging `{message}`");
+    };
+    let listening = wait_for("egress-proxy listening");
+    let admin = listening["admin"].as_str().unwrap().to_owned();
+    assert_eq!(
+        admin_get(&admin, "GET", "/healthz"),
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(admin_get(&admin, "GET", "/readyz").0, 200);
+    let (status, body) = admin_get(&admin, "GET", "/policy");
+    assert_eq!(status, 200);
+    let policy: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(policy["generation"], 1);
+    assert_eq!(policy["module_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(policy["routes_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(policy["secrets"], serde_json::json!(["GH_PAT"]));
+    assert!(policy["last_reload_error"].is_null());
+    assert!(!body.contains("never-shown-by-admin"));
+    assert_eq!(admin_get(&admin, "POST", "/policy").0, 405);
+    assert_eq!(admin_get(&admin, "GET", "/nothing").0, 404);
+
+    // A bad routes file: the old generation stays, the error is reported.
+    std::fs::write(&routes, "routes: [").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("policy reload failed; the previous generation keeps serving");
+    let policy: serde_json::Value =
+        serde_json::from_str(&admin_get(&admin, "GET", "/policy").1).unwrap();
+    assert_eq!(policy["generation"], 1);
+    assert_eq!(policy["reloads"]["failed"], 1);
+    assert!(
+        policy["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid YAML"),
+        "{policy}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -73,6 +73,9 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_PROXY_LEAF_CACHE_SIZE", default_value_t = crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
           value_parser = clap::value_parser!(usize))]
     pub leaf_cache_size: usize,
+    /// Address of the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
+    #[arg(long, env = "EGRESS_PROXY_ADMIN_LISTEN", default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
     /// How often the routes file and module are hashed to catch changes that
     /// produced no file-system event (a safety net; events and SIGHUP reload at once).
     #[arg(long, env = "EGRESS_PROXY_RELOAD_INTERVAL", value_parser = humantime::parse_duration,
@@ -127,9 +130,25 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("listener address")?;
+        let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+        let admin_local = admin_listener.local_addr().context("admin listener address")?;
+        // Signal handlers go in before "listening" is logged: a SIGHUP or SIGTERM sent
+        // as soon as the proxy says it is up must not hit the default action.
+        let (triggers, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let hangup = forward_sighup(triggers.clone(), stop.clone())?;
+        let shutdown = shutdown_signal()?;
+        let serving = tokio::spawn(proxy.clone().serve(listener, shutdown));
+        // "listening" means accepting (and /readyz says so) by the time it is logged.
+        while !proxy.is_accepting() && !serving.is_finished() {
+            tokio::task::yield_now().await;
+        }
         let generation = proxy.generation();
         tracing::info!(
             listen = %local,
+            admin = %admin_local,
             policy = %generation.module().origin(),
             policy_sha256 = %generation.module().sha256(),
             routes = %args.policy.routes.display(),
@@ -137,7 +156,6 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             "egress-proxy listening"
         );
         drop(generation);
-        let (triggers, receiver) = tokio::sync::mpsc::unbounded_channel();
         // Without file events (inotify limits, network filesystems) the periodic
         // check and SIGHUP still reload.
         let _watcher = match reload::watch_sources(reloader.sources(), triggers.clone()) {
@@ -147,12 +165,17 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
                 None
             }
         };
-        let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(reload::poll(args.reload_interval, triggers.clone()));
-        tasks.spawn(forward_sighup(triggers, stop.clone())?);
+        tasks.spawn(hangup);
+        let admin = crate::admin::Admin {
+            proxy: proxy.clone(),
+            reload: reloader.status().clone(),
+        };
+        let admin_stop = stop.clone();
+        tasks.spawn(admin.serve(admin_listener, async move { admin_stop.cancelled().await }));
         tasks.spawn(reloader.run(receiver, stop.clone()));
-        proxy.serve(listener, shutdown_signal()?).await;
+        serving.await.context("the proxy task failed")?;
         stop.cancel();
         tasks.close();
         tracing::info!("stopped");

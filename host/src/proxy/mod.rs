@@ -93,6 +93,8 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Cancelled when the drain time is over: whatever still runs is dropped.
     halt: CancellationToken,
+    /// True while the listener accepts (for readiness).
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -114,6 +116,7 @@ impl Proxy {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             halt: CancellationToken::new(),
+            accepting: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -126,6 +129,12 @@ impl Proxy {
     /// The generation new requests are decided by.
     pub fn generation(&self) -> Arc<Generation> {
         self.policy.borrow().clone()
+    }
+
+    /// Whether the listener is accepting connections (false before `serve` and once
+    /// shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The leaf certificate cache (for its counters).

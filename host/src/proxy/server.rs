@@ -64,6 +64,9 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    proxy
+        .accepting
+        .store(true, std::sync::atomic::Ordering::Release);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -82,6 +85,9 @@ pub(crate) async fn serve(
             },
         }
     }
+    proxy
+        .accepting
+        .store(false, std::sync::atomic::Ordering::Release);
     drop(listener);
     drain(&proxy).await;
 }

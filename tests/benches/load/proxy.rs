@@ -46,7 +46,15 @@ impl ProxyProcess {
         let state = dir.join("state");
         let mut child = pinning
             .command(bin)
-            .args(["run", "--listen", "127.0.0.1:0", "--worker-threads", "1"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--worker-threads",
+                "1",
+            ])
             .args(["--log", LOG_FILTER, "--log-format", "json"])
             .args(["--drain-timeout", "1s"])
             .arg("--routes")
