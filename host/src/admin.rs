@@ -4,6 +4,7 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when a policy generation is loaded and the proxy listener is
 //!   accepting; 503 otherwise (before start, and while draining at shutdown).
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::metrics`].
 //! - `GET /policy`: JSON: module and routes sha256, generation number, load time,
 //!   declared secret names, reload counts and the last reload error.
 //!
@@ -37,6 +38,8 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     /// The reloader's status (policy identity, reload counts).
     pub reload: Arc<ReloadStatus>,
+    /// What `/metrics` encodes.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Admin {
@@ -89,9 +92,20 @@ impl Admin {
                 }
             }
             "/policy" => self.policy(),
+            "/metrics" => {
+                let mut response =
+                    Response::new(ProxyBody::full(crate::metrics::encode(&self.registry)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: /healthz, /readyz, /policy\n",
+                "not found: /healthz, /readyz, /policy, /metrics\n",
             ),
         }
     }

@@ -5,6 +5,8 @@
 //! - [`admin`]: the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
 //! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
 //!   only parses and calls in here.
+//! - [`metrics`]: Prometheus metrics (recorded by the data plane, read at scrape time
+//!   from the runtime, the reloader and the proxy).
 //! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
 //!   loaded module (built-in default or a user `.wasm`), generations (module + routes
 //!   + a pool of configured instances) and the verdicts they return.
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod cases;
 pub mod cli;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

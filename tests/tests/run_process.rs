@@ -126,6 +126,32 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
     assert!(policy["last_reload_error"].is_null());
     assert!(!body.contains("never-shown-by-admin"));
     assert_eq!(admin_get(&admin, "POST", "/policy").0, 405);
+
+    // Metrics count what the data plane did.
+    let listen = listening["listen"].as_str().unwrap().to_owned();
+    let mut stream = TcpStream::connect(&listen).unwrap();
+    stream
+        .write_all(
+            b"GET http://b.example/ HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    let (status, metrics) = admin_get(&admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "egress_proxy_requests_total{decision=\"deny\",status=\"403\"} 1",
+        "egress_proxy_policy_decide_duration_seconds_count 1",
+        "egress_proxy_request_duration_seconds_count 1",
+        "egress_proxy_policy_generation 1",
+        "egress_proxy_policy_traps_total 0",
+        "egress_proxy_reloads_failed_total 0",
+        "egress_proxy_leaf_certificates_cached 0",
+        "egress_proxy_open_connections ",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     assert_eq!(admin_get(&admin, "GET", "/nothing").0, 404);
 
     // A bad routes file: the old generation stays, the error is reported.
@@ -142,6 +168,11 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
         serde_json::from_str(&admin_get(&admin, "GET", "/policy").1).unwrap();
     assert_eq!(policy["generation"], 1);
     assert_eq!(policy["reloads"]["failed"], 1);
+    let metrics = admin_get(&admin, "GET", "/metrics").1;
+    assert!(
+        metrics.contains("egress_proxy_reloads_failed_total 1"),
+        "{metrics}"
+    );
     assert!(
         policy["last_reload_error"]
             .as_str()

@@ -114,17 +114,17 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(EnvSecrets),
     };
-    let (reloader, policy) = Reloader::start(runtime, sources, secrets)?;
+    let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
         builder.worker_threads(threads.max(1));
     }
-    let runtime = builder
+    let executor = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    executor.block_on(async {
         let proxy = Proxy::new(args.proxy_config(), policy, ca)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -168,9 +168,16 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         let tasks = TaskTracker::new();
         tasks.spawn(reload::poll(args.reload_interval, triggers.clone()));
         tasks.spawn(hangup);
+        let registry = crate::metrics::registry(
+            proxy.metrics(),
+            runtime.clone(),
+            reloader.status().clone(),
+            proxy.clone(),
+        );
         let admin = crate::admin::Admin {
             proxy: proxy.clone(),
             reload: reloader.status().clone(),
+            registry: Arc::new(registry),
         };
         let admin_stop = stop.clone();
         tasks.spawn(admin.serve(admin_listener, async move { admin_stop.cancelled().await }));

@@ -56,6 +56,7 @@ pub struct AccessRecord {
     pub(crate) deny_kind: Option<&'static str>,
     pub(crate) status: u16,
     pub(crate) generation: Option<String>,
+    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl AccessRecord {
@@ -82,12 +83,17 @@ impl AccessRecord {
             deny_kind: None,
             status: 0,
             generation: None,
+            metrics: None,
         }
     }
 
     /// Write the line.
     pub(crate) fn emit(&self, bytes: u64, complete: bool) {
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.start.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.request(self.outcome.as_str(), self.status, elapsed);
+        }
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
         tracing::info!(
             target: ACCESS_TARGET,
             client = %self.client,

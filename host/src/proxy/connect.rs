@@ -49,11 +49,11 @@ pub(crate) async fn handle(
     let target = match authority.as_deref().map(Target::from_authority) {
         Some(Ok(target)) => target,
         Some(Err(err)) => {
-            let exchange = unknown_target(client, start, authority.as_deref().unwrap_or(""));
+            let exchange = unknown_target(proxy, client, start, authority.as_deref().unwrap_or(""));
             return pipeline::refuse(exchange.record("CONNECT"), &Refusal::BadTarget(err));
         }
         None => {
-            let exchange = unknown_target(client, start, "");
+            let exchange = unknown_target(proxy, client, start, "");
             let err = TargetError::Host(req.uri().to_string(), "CONNECT needs host:port".into());
             return pipeline::refuse(exchange.record("CONNECT"), &Refusal::BadTarget(err));
         }
@@ -62,6 +62,7 @@ pub(crate) async fn handle(
         start,
         client,
         target,
+        metrics: proxy.metrics.clone(),
     };
     let mut record = exchange.record("CONNECT");
     let policy_headers = match super::headers::for_policy(req.headers()) {
@@ -71,7 +72,10 @@ pub(crate) async fn handle(
     let request = policy::Request::new("CONNECT", exchange.target.clone(), policy_headers, client);
     let generation = proxy.generation();
     record.generation = Some(pipeline::generation_id(&generation));
-    match generation.decide(&request) {
+    let deciding = Instant::now();
+    let decision = generation.decide(&request);
+    proxy.metrics.decided(deciding.elapsed());
+    match decision {
         Decision::Deny(denial) => return pipeline::denied(record, &denial, &generation),
         Decision::Allow { rule } => {
             record.outcome = Outcome::Allow;
@@ -99,8 +103,9 @@ pub(crate) async fn handle(
     Response::new(ProxyBody::empty().logged(record))
 }
 
-fn unknown_target(client: SocketAddr, start: Instant, authority: &str) -> Exchange {
+fn unknown_target(proxy: &Proxy, client: SocketAddr, start: Instant, authority: &str) -> Exchange {
     Exchange {
+        metrics: proxy.metrics.clone(),
         start,
         client,
         target: Target {
@@ -190,6 +195,7 @@ async fn inner(
             path,
             ..connect.clone()
         },
+        metrics: proxy.metrics.clone(),
     };
     if let Err(refusal) = check_authority(&req, connect) {
         return pipeline::refuse(exchange.record(req.method().as_str()), &refusal);

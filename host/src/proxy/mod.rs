@@ -93,6 +93,8 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Cancelled when the drain time is over: whatever still runs is dropped.
     halt: CancellationToken,
+    /// What the data plane records for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
     /// True while the listener accepts (for readiness).
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -117,6 +119,7 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             halt: CancellationToken::new(),
             accepting: std::sync::atomic::AtomicBool::new(false),
+            metrics: Arc::default(),
         }))
     }
 
@@ -135,6 +138,11 @@ impl Proxy {
     /// shutdown began).
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The data plane's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The leaf certificate cache (for its counters).

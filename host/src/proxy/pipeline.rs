@@ -26,11 +26,12 @@ pub(crate) struct Exchange {
     pub(crate) start: Instant,
     pub(crate) client: SocketAddr,
     pub(crate) target: Target,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Exchange {
     pub(crate) fn record(&self, method: &str) -> AccessRecord {
-        AccessRecord::new(
+        let mut record = AccessRecord::new(
             self.start,
             self.client,
             method,
@@ -38,7 +39,9 @@ impl Exchange {
             &self.target.host,
             self.target.port,
             &self.target.path,
-        )
+        );
+        record.metrics = Some(self.metrics.clone());
+        record
     }
 }
 
@@ -102,7 +105,10 @@ pub(crate) async fn forward(
     );
     let generation = proxy.generation();
     record.generation = Some(generation_id(&generation));
-    let injected = match generation.decide(&request) {
+    let deciding = Instant::now();
+    let decision = generation.decide(&request);
+    proxy.metrics.decided(deciding.elapsed());
+    let injected = match decision {
         Decision::Deny(denial) => return denied(record, &denial, &generation),
         Decision::Allow { rule } => {
             record.outcome = Outcome::Allow;

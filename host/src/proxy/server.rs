@@ -74,7 +74,9 @@ pub(crate) async fn serve(
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
                     let proxy_for_task = proxy.clone();
+                    let open = proxy.metrics.connection();
                     proxy.tasks.spawn(async move {
+                        let _open = open;
                         serve_client(&proxy_for_task, TokioIo::new(stream), client).await;
                     });
                 }
@@ -195,6 +197,7 @@ async fn handle(
             port: req.uri().port_u16().unwrap_or(0),
             path,
         },
+        metrics: proxy.metrics.clone(),
     };
     if req.uri().scheme().is_none() {
         return pipeline::refuse(
