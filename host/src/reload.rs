@@ -273,7 +273,7 @@ impl Reloader {
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))??;
         let number = self.status.generation.load(Ordering::Relaxed) + 1;
-        let generation = Arc::new(generation);
+        let generation = Arc::new(generation.numbered(number));
         record_loaded(&self.status, &generation, &snapshot.routes.sha256, number);
         let previous = self.publish.send_replace(generation);
         previous.retire();

@@ -71,8 +71,9 @@ pub struct TestProxy {
     proxy: Arc<Proxy>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    _publish: watch::Sender<Arc<Generation>>,
-    _runtime: Runtime,
+    publish: watch::Sender<Arc<Generation>>,
+    runtime: Runtime,
+    secrets: MapSecrets,
     _dir: tempfile::TempDir,
 }
 
@@ -129,8 +130,9 @@ impl TestProxy {
             proxy,
             stop: Some(stop),
             task: Some(task),
-            _publish: publish,
-            _runtime: runtime,
+            publish,
+            runtime,
+            secrets: options.secrets,
             _dir: dir,
         }
     }
@@ -148,6 +150,20 @@ impl TestProxy {
     /// The proxy's CA certificate (what agents trust).
     pub fn ca_path(&self) -> &Path {
         &self.ca_path
+    }
+
+    /// Publish a generation configured with `routes` (the built-in policy), as a
+    /// reload would; returns once new requests see it.
+    pub fn reload(&self, routes: &str) {
+        let routes = RoutesDocument::from_bytes(routes.as_bytes(), Path::new("routes.yaml"))
+            .expect("routes parse");
+        let module = self.runtime.load_builtin().expect("built-in policy");
+        let number = self.publish.borrow().number() + 1;
+        let generation = module
+            .configure(&routes.json, Arc::new(self.secrets.clone()))
+            .expect("routes accepted")
+            .numbered(number);
+        self.publish.send_replace(Arc::new(generation)).retire();
     }
 
     /// The library handle (for counters).

@@ -59,6 +59,7 @@ pub struct Generation {
     secrets: Arc<dyn SecretSource>,
     idle: Mutex<Vec<Instance>>,
     retired: AtomicBool,
+    number: u64,
 }
 
 impl std::fmt::Debug for Generation {
@@ -89,11 +90,24 @@ impl PolicyModule {
             secrets,
             idle: Mutex::new(vec![instance]),
             retired: AtomicBool::new(false),
+            number: 1,
         })
     }
 }
 
 impl Generation {
+    /// This generation with its number (1 at start-up, +1 per reload); the access
+    /// log records it with every decision.
+    pub fn numbered(mut self, number: u64) -> Self {
+        self.number = number;
+        self
+    }
+
+    /// The generation's number.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
     /// The module this generation runs.
     pub fn module(&self) -> &Arc<PolicyModule> {
         &self.module

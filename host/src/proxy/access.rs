@@ -4,7 +4,8 @@
 //! Fields: `client`, `method`, `scheme`, `host`, `port`, `path`, `decision` (`allow`,
 //! `inject`, `deny`, or `error` for a request the proxy could not complete), `rule`,
 //! `deny_kind`, `status`, `bytes` (response body bytes sent to the client),
-//! `duration_ms`, `generation` (the policy module's sha256 prefix), and `outcome`
+//! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
+//! `policy` (the module's sha256 prefix), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
@@ -55,7 +56,7 @@ pub struct AccessRecord {
     pub(crate) rule: Option<String>,
     pub(crate) deny_kind: Option<&'static str>,
     pub(crate) status: u16,
-    pub(crate) generation: Option<String>,
+    pub(crate) generation: Option<(u64, String)>,
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
@@ -108,7 +109,8 @@ impl AccessRecord {
             status = self.status,
             bytes,
             duration_ms = format_args!("{duration_ms:.3}"),
-            generation = self.generation.as_deref().unwrap_or("-"),
+            generation = self.generation.as_ref().map_or(0, |g| g.0),
+            policy = self.generation.as_ref().map_or("-", |g| g.1.as_str()),
             outcome = if complete { "complete" } else { "aborted" },
             "access"
         );

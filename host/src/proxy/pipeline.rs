@@ -78,9 +78,12 @@ pub(crate) fn denied(
     Response::from_parts(parts, body.logged(record))
 }
 
-/// The short form of a generation's identity in the log.
-pub(crate) fn generation_id(generation: &Generation) -> String {
-    generation.module().sha256().chars().take(12).collect()
+/// A generation's identity in the log: its number and its module's hash prefix.
+pub(crate) fn generation_id(generation: &Generation) -> (u64, String) {
+    (
+        generation.number(),
+        generation.module().sha256().chars().take(12).collect(),
+    )
 }
 
 /// Decide and forward one request.
