@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Generation, PolicyError, PolicyModule, Runtime, sha256_hex};
-use crate::routes::{RoutesDocument, RoutesError};
+use crate::routes::{MAX_ROUTES_BYTES, RoutesDocument, RoutesError};
 use crate::secrets::SecretSource;
 
 /// How often the sources are hashed even without a file-system event.
@@ -146,8 +146,12 @@ pub struct Reloader {
 }
 
 /// The files as read for one check.
+/// Raw bytes and hashes only: parsing and compiling come after the hash gate, so the
+/// same bad content is neither rebuilt nor re-reported.
 struct Snapshot {
-    routes: RoutesDocument,
+    routes_path: PathBuf,
+    routes_bytes: Vec<u8>,
+    routes_sha: String,
     module: Option<ModuleFile>,
 }
 
@@ -159,7 +163,20 @@ struct ModuleFile {
 
 impl Sources {
     fn read(&self) -> Result<Snapshot, ReloadError> {
-        let routes = RoutesDocument::load(&self.routes)?;
+        let read_error = |source| RoutesError::Read {
+            path: self.routes.clone(),
+            source,
+        };
+        let size = std::fs::metadata(&self.routes).map_err(read_error)?.len();
+        if size > MAX_ROUTES_BYTES {
+            return Err(RoutesError::TooLarge {
+                path: self.routes.clone(),
+                size,
+            }
+            .into());
+        }
+        let routes_bytes = std::fs::read(&self.routes).map_err(read_error)?;
+        let routes_sha = sha256_hex(&routes_bytes);
         let module = match &self.policy {
             None => None,
             Some(path) => {
@@ -175,7 +192,12 @@ impl Sources {
                 })
             }
         };
-        Ok(Snapshot { routes, module })
+        Ok(Snapshot {
+            routes_path: self.routes.clone(),
+            routes_bytes,
+            routes_sha,
+            module,
+        })
     }
 
     /// The directories to watch (each once).
@@ -206,7 +228,7 @@ impl Reloader {
         let (module, generation) = build(&runtime, None, &snapshot, &secrets)?;
         let status = Arc::new(ReloadStatus::default());
         let generation = Arc::new(generation);
-        record_loaded(&status, &generation, &snapshot.routes.sha256, 1);
+        record_loaded(&status, &generation, &snapshot.routes_sha, 1);
         let (publish, receiver) = watch::channel(generation);
         let reloader = Self {
             runtime,
@@ -214,7 +236,7 @@ impl Reloader {
             publish,
             module,
             module_file_sha: snapshot.module.map(|m| m.sha256),
-            routes_sha: snapshot.routes.sha256,
+            routes_sha: snapshot.routes_sha,
             failed_hashes: None,
             status,
             sources,
@@ -258,8 +280,8 @@ impl Reloader {
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let module_sha = snapshot.module.as_ref().map(|m| m.sha256.clone());
         let module_changed = module_sha != self.module_file_sha;
-        let hashes = (module_sha.clone(), snapshot.routes.sha256.clone());
-        let unchanged = !module_changed && snapshot.routes.sha256 == self.routes_sha;
+        let hashes = (module_sha.clone(), snapshot.routes_sha.clone());
+        let unchanged = !module_changed && snapshot.routes_sha == self.routes_sha;
         if !force && (unchanged || self.failed_hashes.as_ref() == Some(&hashes)) {
             return Ok(Outcome::Unchanged);
         }
@@ -274,13 +296,13 @@ impl Reloader {
         .map_err(|e| ReloadError::Task(e.to_string()))??;
         let number = self.status.generation.load(Ordering::Relaxed) + 1;
         let generation = Arc::new(generation.numbered(number));
-        record_loaded(&self.status, &generation, &snapshot.routes.sha256, number);
+        record_loaded(&self.status, &generation, &snapshot.routes_sha, number);
         let previous = self.publish.send_replace(generation);
         previous.retire();
         self.failed_hashes = None;
         self.module = module;
         self.module_file_sha = module_sha;
-        self.routes_sha = snapshot.routes.sha256;
+        self.routes_sha = snapshot.routes_sha;
         tracing::info!(
             generation = number,
             module_sha256 = %self.module.sha256(),
@@ -336,7 +358,8 @@ fn build(
         (None, None) => runtime.load_builtin()?,
         (None, Some(file)) => runtime.load_bytes(&file.bytes, file.path.display().to_string())?,
     };
-    let generation = module.configure(&snapshot.routes.json, secrets.clone())?;
+    let routes = RoutesDocument::from_bytes(&snapshot.routes_bytes, &snapshot.routes_path)?;
+    let generation = module.configure(&routes.json, secrets.clone())?;
     generation.prewarm(PREWARM)?;
     Ok((module, generation))
 }

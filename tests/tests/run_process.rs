@@ -183,3 +183,39 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn bad_configuration_at_start_up_exits_1_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("routes.yaml");
+    std::fs::write(&bad, "routes:\n  - host: a.example\n    surprise: true\n").unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, b"not wasm").unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "routes:\n  - host: a.example\n").unwrap();
+    for (routes, policy, reason) in [
+        (&bad, None, "surprise"),
+        (&good, Some(&module), "not a valid WebAssembly component"),
+        (&dir.path().join("missing.yaml"), None, "missing.yaml"),
+    ] {
+        let mut cmd = Command::new(egress_proxy_tests::proxy_bin());
+        cmd.args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--routes")
+        .arg(routes)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+        if let Some(policy) = policy {
+            cmd.arg("--policy").arg(policy);
+        }
+        let output = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(reason), "{reason} in {stderr}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The access log: one line per request, emitted when its response has been fully
 //! sent (or abandoned), through `tracing` target `egress_proxy::access`.
 //!
-//! Fields: `client`, `method`, `scheme`, `host`, `port`, `path`, `decision` (`allow`,
+//! Fields: `start` (wall-clock time the request reached the pipeline, before the
+//! policy was asked), `client`, `method`, `scheme`, `host`, `port`, `path`, `decision` (`allow`,
 //! `inject`, `deny`, or `error` for a request the proxy could not complete), `rule`,
 //! `deny_kind`, `status`, `bytes` (response body bytes sent to the client),
 //! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
@@ -46,6 +47,8 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     pub(crate) start: Instant,
+    /// Wall-clock time the record was opened, before the policy was asked.
+    pub(crate) started_at: std::time::SystemTime,
     pub(crate) client: SocketAddr,
     pub(crate) method: String,
     pub(crate) scheme: Scheme,
@@ -73,6 +76,7 @@ impl AccessRecord {
     ) -> Self {
         Self {
             start,
+            started_at: std::time::SystemTime::now(),
             client,
             method: method.to_owned(),
             scheme,
@@ -97,6 +101,7 @@ impl AccessRecord {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         tracing::info!(
             target: ACCESS_TARGET,
+            start = %humantime::format_rfc3339_micros(self.started_at),
             client = %self.client,
             method = %self.method,
             scheme = self.scheme.as_str(),
