@@ -18,6 +18,11 @@
 //! ```
 //!
 //! Header templates use `${NAME}` for a secret reference and `$$` for a literal `$`.
+//!
+//! URLs are normalised exactly as the proxy normalises them before asking the policy
+//! ([`crate::target`]): the policy sees resolved dot-segments and canonical IP
+//! literals. A URL the proxy refuses before the policy is asked (an ambiguous path, an
+//! invalid host) counts as `deny` with status 400, as the agent would see it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,7 +31,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::policy::{Generation, Request, Template, Verdict};
+use crate::policy::{Denial, DenyKind, Generation, Request, Template, Verdict};
 use crate::target::{Target, TargetError};
 
 /// The client address used for requests from the command line and case files.
@@ -152,9 +157,17 @@ impl Case {
     pub fn run(&self, generation: &Generation) -> Result<(), String> {
         let headers = self.headers.iter().map(|(k, v)| (k.clone(), v.clone()));
         let client = self.client.unwrap_or(LOCAL_CLIENT);
-        let request = request_for(&self.method, &self.url, headers, client)
-            .map_err(|e| format!("bad request: {e}"))?;
-        let verdict = generation.evaluate(&request);
+        let verdict = match request_for(&self.method, &self.url, headers, client) {
+            Ok(request) => generation.evaluate(&request),
+            // What the agent gets for a URL the proxy refuses before the policy is
+            // asked (an ambiguous path, a host that is not a host): a 400.
+            Err(refused) => Verdict::Deny(Denial {
+                status: 400,
+                reason: format!("refused before the policy: {refused}"),
+                rule: None,
+                kind: DenyKind::Policy,
+            }),
+        };
         self.expect.compare(&verdict)
     }
 }

@@ -5,6 +5,8 @@
 //! - [`admin`]: the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
 //! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
 //!   only parses and calls in here.
+//! - [`guard`]: the upstream address guard (no private, loopback, link-local/metadata
+//!   or other non-public addresses unless allowed; never the proxy's own listeners).
 //! - [`metrics`]: Prometheus metrics (recorded by the data plane, read at scrape time
 //!   from the runtime, the reloader and the proxy).
 //! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
@@ -20,7 +22,8 @@
 //!   is configured with.
 //! - [`secrets`]: where injected credential values come from (the proxy's environment).
 //! - [`target`]: turning a request URL or CONNECT authority into the normalised
-//!   scheme/host/port/path the policy decides on.
+//!   scheme/host/port/path the policy decides on (IP literals in any encoding, dot-
+//!   segments and escapes resolved).
 //! - [`cases`]: the `policy test` case-file format and its runner.
 //! - [`telemetry`]: logging set-up.
 //! - [`tls`]: the proxy's CA (create, save, load) and leaf certificates minted per host.
@@ -28,6 +31,7 @@
 pub mod admin;
 pub mod cases;
 pub mod cli;
+pub mod guard;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

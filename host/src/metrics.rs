@@ -36,6 +36,7 @@ pub struct Metrics {
     request_duration: Histogram,
     decide_duration: Histogram,
     open_connections: Gauge,
+    shed_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
             // 1 µs .. ~4 ms
             decide_duration: Histogram::new(exponential_buckets(0.000_001, 4.0, 7)),
             open_connections: Gauge::default(),
+            shed_connections: Counter::default(),
         }
     }
 }
@@ -63,6 +65,11 @@ impl Metrics {
     /// One `decide()` call.
     pub fn decided(&self, duration: Duration) {
         self.decide_duration.observe(duration.as_secs_f64());
+    }
+
+    /// A client connection refused because the proxy was at its connection limit.
+    pub fn shed(&self) {
+        self.shed_connections.inc();
     }
 
     /// A client connection opened; it counts until the guard is dropped.
@@ -181,6 +188,11 @@ pub fn registry(
         "egress_proxy_open_connections",
         "client connections open",
         metrics.open_connections.clone(),
+    );
+    registry.register(
+        "egress_proxy_connections_shed",
+        "client connections answered 503 because --max-connections were open",
+        metrics.shed_connections.clone(),
     );
     registry.register_collector(Box::new(Status {
         runtime,

@@ -5,6 +5,7 @@
     clippy::expect_used,
     reason = "test harness: a broken set-up should fail the test loudly"
 )]
+pub mod process;
 pub mod proxy;
 pub mod upstream;
 

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use egress_proxy::guard::AddressGuard;
 use egress_proxy::policy::{Generation, Runtime};
-use egress_proxy::proxy::{Proxy, ProxyConfig, UpstreamConfig};
+use egress_proxy::proxy::{Limits, Proxy, ProxyConfig, UpstreamConfig};
 use egress_proxy::routes::RoutesDocument;
 use egress_proxy::tls::CertificateAuthority;
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -39,6 +41,11 @@ pub struct ProxyOptions {
     pub response_timeout: Duration,
     /// Drain timeout at shutdown.
     pub drain_timeout: Duration,
+    /// Non-public networks the proxy may connect to (default: `127.0.0.1/32`, where
+    /// the test upstream listens).
+    pub allow_upstream_cidr: Vec<IpNet>,
+    /// Resource limits.
+    pub limits: Limits,
 }
 
 impl ProxyOptions {
@@ -51,6 +58,8 @@ impl ProxyOptions {
             upstream_proxy: None,
             response_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            allow_upstream_cidr: vec![IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))],
+            limits: Limits::default(),
         }
     }
 
@@ -111,8 +120,11 @@ impl TestProxy {
                     .map(|p| p.parse().expect("proxy URL")),
                 connect_timeout: Duration::from_secs(5),
                 response_timeout: options.response_timeout,
+                guard: Arc::new(AddressGuard::new(options.allow_upstream_cidr.clone())),
+                ..UpstreamConfig::default()
             },
             drain_timeout: options.drain_timeout,
+            limits: options.limits.clone(),
             ..ProxyConfig::default()
         };
         let proxy = Proxy::new(config, policy, Arc::new(ca)).expect("proxy");

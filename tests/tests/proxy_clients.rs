@@ -300,6 +300,8 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--allow-upstream-cidr",
+            "127.0.0.1/32",
             "--admin-listen",
             "127.0.0.1:0",
             "--log-format",

@@ -17,6 +17,8 @@ fn a_closed_log_pipe_does_not_stop_the_proxy() {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--allow-upstream-cidr",
+            "127.0.0.1/32",
             "--admin-listen",
             "127.0.0.1:0",
             "--log-format",
@@ -87,6 +89,8 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--allow-upstream-cidr",
+            "127.0.0.1/32",
             "--admin-listen",
             "127.0.0.1:0",
         ])
@@ -203,6 +207,8 @@ fn bad_configuration_at_start_up_exits_1_with_the_reason() {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--allow-upstream-cidr",
+            "127.0.0.1/32",
             "--admin-listen",
             "127.0.0.1:0",
         ])

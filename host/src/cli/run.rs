@@ -12,11 +12,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::PolicyArgs;
+use crate::guard::AddressGuard;
 use crate::policy::Runtime;
-use crate::proxy::{Proxy, ProxyConfig, UpstreamConfig};
+use crate::proxy::{Limits, Proxy, ProxyConfig, UpstreamConfig};
 use crate::reload::{self, Reloader, Sources, Trigger};
 use crate::secrets::{EnvSecrets, FileSecrets, SecretSource};
 use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, TlsError};
+use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,6 +83,45 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_PROXY_RELOAD_INTERVAL", value_parser = humantime::parse_duration,
           default_value = "30s")]
     pub reload_interval: Duration,
+    /// Let the proxy connect to this non-public network (CIDR, or one address), which
+    /// the address guard otherwise refuses: loopback, private, link-local (cloud
+    /// metadata), CGNAT and other special ranges. Repeat, or separate with commas.
+    /// Needed for an upstream on the same host or network (the test suite allows
+    /// `127.0.0.1/32` for its loopback upstream). The proxy's own listen and admin
+    /// addresses stay refused.
+    #[arg(long, env = "EGRESS_PROXY_ALLOW_UPSTREAM_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow_upstream_cidr: Vec<IpNet>,
+    /// Client connections served at once; more are answered 503 and closed.
+    #[arg(long, env = "EGRESS_PROXY_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Bound on a client sending a request's headers (slowloris defence).
+    #[arg(long, env = "EGRESS_PROXY_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "30s")]
+    pub header_read_timeout: Duration,
+    /// Bound on a request's header section, in bytes; over it: 431.
+    #[arg(long, env = "EGRESS_PROXY_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// Bound on the number of header fields of an HTTP/1.1 request; over it: 431.
+    #[arg(long, env = "EGRESS_PROXY_MAX_HEADERS", default_value_t = Limits::default().max_headers)]
+    pub max_headers: usize,
+    /// Close a client or upstream connection (tunnels and WebSockets included) after
+    /// this long without a byte moving either way. Keep it above --upstream-timeout
+    /// if upstreams may think that long before answering.
+    #[arg(long, env = "EGRESS_PROXY_IDLE_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "5m")]
+    pub idle_timeout: Duration,
+    /// How long an unused pooled upstream connection is kept open.
+    #[arg(long, env = "EGRESS_PROXY_UPSTREAM_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "90s")]
+    pub upstream_pool_idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[arg(long, env = "EGRESS_PROXY_MAX_STREAMS_PER_CONNECTION", default_value_t = Limits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 flow-control window per stream, in bytes: the most request body the
+    /// proxy buffers per stream.
+    #[arg(long, env = "EGRESS_PROXY_STREAM_WINDOW", default_value_t = Limits::default().stream_window,
+          value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub stream_window: u32,
     /// Worker threads serving requests. Default: one per CPU.
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -96,9 +137,20 @@ impl RunArgs {
                 proxy: self.upstream_proxy.clone(),
                 connect_timeout: self.connect_timeout,
                 response_timeout: self.upstream_timeout,
+                guard: Arc::new(AddressGuard::new(self.allow_upstream_cidr.clone())),
+                pool_idle_timeout: self.upstream_pool_idle_timeout,
             },
             drain_timeout: self.drain_timeout,
             leaf_cache_capacity: self.leaf_cache_size.max(1),
+            limits: Limits {
+                max_connections: self.max_connections.max(1),
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes,
+                max_headers: self.max_headers,
+                idle_timeout: self.idle_timeout,
+                max_streams_per_connection: self.max_streams_per_connection.max(1),
+                stream_window: self.stream_window,
+            },
             ..ProxyConfig::default()
         }
     }
@@ -134,6 +186,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
         let admin_local = admin_listener.local_addr().context("admin listener address")?;
+        proxy.guard().refuse_own(admin_local);
         // Signal handlers go in before "listening" is logged: a SIGHUP or SIGTERM sent
         // as soon as the proxy says it is up must not hit the default action.
         let (triggers, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -189,6 +242,15 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A CIDR (`10.1.0.0/16`) or a single address (`127.0.0.1`, `::1`).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{text}` is not a CIDR (10.0.0.0/8) or an IP address"))
 }
 
 /// Turns SIGHUP into a forced reload until `stop`.

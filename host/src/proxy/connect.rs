@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::Outcome;
 use super::body::ProxyBody;
+use super::framing::{Ambiguity, FramingWatch};
 use super::pipeline::{self, Exchange};
 use super::prefixed::Prefixed;
 use super::respond::Refusal;
@@ -65,6 +66,9 @@ pub(crate) async fn handle(
         metrics: proxy.metrics.clone(),
     };
     let mut record = exchange.record("CONNECT");
+    if let Err(refusal) = pipeline::check_destination(proxy, &exchange.target) {
+        return pipeline::refuse(record, &refusal);
+    }
     let policy_headers = match super::headers::for_policy(req.headers()) {
         Ok(h) => h,
         Err(reason) => return pipeline::refuse(record, &Refusal::BadRequest(reason)),
@@ -156,13 +160,17 @@ async fn intercept(
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let connect = Arc::new(target);
+    let limits = &proxy.config.limits;
+    let (io, ambiguity) =
+        FramingWatch::new(tls_stream, limits.max_header_bytes, limits.max_headers);
     let service_proxy = proxy.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = service_proxy.clone();
         let connect = connect.clone();
-        async move { Ok::<_, Infallible>(inner(&proxy, req, &connect, client).await) }
+        let ambiguity = ambiguity.clone();
+        async move { Ok::<_, Infallible>(inner(&proxy, req, &connect, client, &ambiguity).await) }
     });
-    server::serve_tls_connection(proxy, TokioIo::new(tls_stream), h2, service).await;
+    server::serve_tls_connection(proxy, TokioIo::new(io), h2, service).await;
     Ok(())
 }
 
@@ -181,25 +189,37 @@ async fn inner(
     req: Request<Incoming>,
     connect: &Target,
     client: SocketAddr,
+    ambiguity: &Ambiguity,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let exchange = Exchange {
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut exchange = Exchange {
         start,
         client,
         target: Target {
-            path,
+            path: path.to_owned(),
             ..connect.clone()
         },
         metrics: proxy.metrics.clone(),
     };
+    if ambiguity.seen() {
+        return pipeline::refuse(
+            exchange.record(req.method().as_str()),
+            &Refusal::AmbiguousFraming,
+        );
+    }
     if let Err(refusal) = check_authority(&req, connect) {
         return pipeline::refuse(exchange.record(req.method().as_str()), &refusal);
     }
+    exchange.target = match connect.with_path(path) {
+        Ok(target) => target,
+        Err(err) => {
+            return pipeline::refuse(
+                exchange.record(req.method().as_str()),
+                &Refusal::BadTarget(err),
+            );
+        }
+    };
     pipeline::forward(proxy, req, exchange).await
 }
 

@@ -17,7 +17,9 @@
 mod access;
 mod body;
 mod connect;
+mod framing;
 mod headers;
+pub mod idle;
 mod pipeline;
 mod prefixed;
 mod respond;
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use access::ACCESS_TARGET;
 pub use body::ProxyBody;
+pub use idle::Idle;
 pub use respond::{DENY_HEADER, DENY_HINT, ERROR_HEADER};
 pub use upstream::{UpstreamConfig, UpstreamError, UpstreamSetupError};
 
@@ -48,6 +51,43 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on a client sending a request's headers (slowloris).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Bounds on what clients may make the proxy hold. Over a bound the client gets a
+/// clear error (431, 503) or the connection is closed; other clients are not affected.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections served at once; one more is answered `503` and closed.
+    pub max_connections: usize,
+    /// Bound on receiving a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// Bound on a request's header section in bytes (HTTP/1.1 head, HTTP/2 header
+    /// list); over it: 431.
+    pub max_header_bytes: usize,
+    /// Bound on the number of header fields of an HTTP/1.1 request; over it: 431.
+    pub max_headers: usize,
+    /// A client connection (or tunnel) with no bytes moving either way for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 flow-control window per stream, both sides: the most body data buffered
+    /// per stream before the sender must wait.
+    pub stream_window: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            idle_timeout: Duration::from_secs(300),
+            max_streams_per_connection: 100,
+            stream_window: 1024 * 1024,
+        }
+    }
+}
+
 /// Data-plane settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -59,12 +99,11 @@ pub struct ProxyConfig {
     /// Bound on the TLS handshake inside a tunnel. Default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// Bound on receiving a request's headers. Default
-    /// [`DEFAULT_HEADER_READ_TIMEOUT`].
-    pub header_read_timeout: Duration,
     /// Leaf certificates kept (hosts). Default
     /// [`crate::tls::DEFAULT_LEAF_CACHE_CAPACITY`].
     pub leaf_cache_capacity: usize,
+    /// Resource limits.
+    pub limits: Limits,
 }
 
 impl Default for ProxyConfig {
@@ -73,8 +112,8 @@ impl Default for ProxyConfig {
             upstream: UpstreamConfig::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             leaf_cache_capacity: crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
+            limits: Limits::default(),
         }
     }
 }
@@ -95,6 +134,8 @@ pub struct Proxy {
     halt: CancellationToken,
     /// What the data plane records for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// One permit per client connection being served (`--max-connections`).
+    connections: Arc<tokio::sync::Semaphore>,
     /// True while the listener accepts (for readiness).
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -108,17 +149,21 @@ impl Proxy {
         policy: watch::Receiver<Arc<Generation>>,
         ca: Arc<CertificateAuthority>,
     ) -> Result<Arc<Self>, UpstreamSetupError> {
-        let upstream = upstream::Upstream::new(&config.upstream)?;
+        let upstream = upstream::Upstream::new(&config.upstream, config.limits.idle_timeout)?;
+        let connections = Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_connections.max(1),
+        ));
         Ok(Arc::new(Self {
             policy,
             tls: MintingResolver::with_capacity(ca, config.leaf_cache_capacity),
             upstream,
-            builders: server::Builders::new(config.header_read_timeout),
+            builders: server::Builders::new(&config.limits),
             config,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             halt: CancellationToken::new(),
             accepting: std::sync::atomic::AtomicBool::new(false),
+            connections,
             metrics: Arc::default(),
         }))
     }
@@ -126,6 +171,9 @@ impl Proxy {
     /// Serve on `listener` until `shutdown` resolves; then stop accepting, let
     /// in-flight requests finish for up to the drain timeout, and return.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        if let Ok(addr) = listener.local_addr() {
+            self.config.upstream.guard.refuse_own(addr);
+        }
         server::serve(self, listener, shutdown).await;
     }
 
@@ -143,6 +191,11 @@ impl Proxy {
     /// The data plane's metrics.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// The upstream address guard (the admin listener registers its address here).
+    pub fn guard(&self) -> &crate::guard::AddressGuard {
+        &self.config.upstream.guard
     }
 
     /// The leaf certificate cache (for its counters).

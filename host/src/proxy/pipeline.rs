@@ -86,6 +86,20 @@ pub(crate) fn generation_id(generation: &Generation) -> (u64, String) {
     )
 }
 
+/// Refuse an IP-literal destination the address guard does not allow, before the
+/// policy is asked (host names are checked when they are resolved).
+pub(crate) fn check_destination(proxy: &Proxy, target: &Target) -> Result<(), Refusal> {
+    match target.ip() {
+        Some(ip) => proxy
+            .config
+            .upstream
+            .guard
+            .check(SocketAddr::new(ip, target.port))
+            .map_err(|e| Refusal::Upstream(super::upstream::UpstreamError::Refused(e))),
+        None => Ok(()),
+    }
+}
+
 /// Decide and forward one request.
 pub(crate) async fn forward(
     proxy: &Arc<Proxy>,
@@ -95,6 +109,9 @@ pub(crate) async fn forward(
     let mut record = exchange.record(req.method().as_str());
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if let Err(refusal) = check_destination(proxy, &exchange.target) {
+        return refuse(record, &refusal);
+    }
 
     let policy_headers = match headers::for_policy(req.headers()) {
         Ok(h) => h,

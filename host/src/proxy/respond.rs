@@ -35,6 +35,11 @@ pub enum Refusal {
     /// The request's target cannot be understood.
     #[error("{0}")]
     BadTarget(#[from] TargetError),
+    /// A request with both `Content-Length` and `Transfer-Encoding` on its connection.
+    #[error(
+        "a request with both Content-Length and Transfer-Encoding has ambiguous framing (request smuggling); refused, and the connection is closed"
+    )]
+    AmbiguousFraming,
     /// The request is malformed in some other way.
     #[error("{0}")]
     BadRequest(String),
@@ -53,9 +58,10 @@ impl Refusal {
     /// The status this refusal is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotProxyRequest | Refusal::BadTarget(_) | Refusal::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::NotProxyRequest
+            | Refusal::BadTarget(_)
+            | Refusal::BadRequest(_)
+            | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Upstream(err) => err.status(),
             Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,10 +73,12 @@ impl Refusal {
         match self {
             Refusal::NotProxyRequest => "not_a_proxy_request",
             Refusal::BadTarget(_) | Refusal::BadRequest(_) => "bad_request",
+            Refusal::AmbiguousFraming => "ambiguous_framing",
             Refusal::Misdirected(_) => "misdirected_request",
             Refusal::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout(_)) => {
                 "upstream_timeout"
             }
+            Refusal::Upstream(UpstreamError::Refused(_)) => "destination_not_allowed",
             Refusal::Upstream(_) => "upstream_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -80,13 +88,22 @@ impl Refusal {
     pub fn response(&self) -> Response<ProxyBody> {
         let reason = self.to_string();
         let hint = match self {
+            Refusal::Upstream(UpstreamError::Refused(_)) => {
+                "The egress proxy never connects to private, loopback, link-local (cloud metadata) or other non-public addresses, nor to itself; retrying will not help."
+            }
             Refusal::Upstream(_) => {
                 "The egress proxy allowed this request but could not get a response from the upstream server."
             }
             _ => "The egress proxy could not process this request.",
         };
         let body = json!({ "error": self.code(), "reason": reason, "hint": hint });
-        json_response(self.status(), ERROR_HEADER, &reason, &body)
+        let mut response = json_response(self.status(), ERROR_HEADER, &reason, &body);
+        if *self == Refusal::AmbiguousFraming {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

@@ -18,13 +18,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::body::ProxyBody;
+use super::framing::{Ambiguity, FramingWatch};
+use super::idle::Idle;
 use super::pipeline::{self, Exchange};
 use super::respond::Refusal;
 use super::{Proxy, connect};
 use crate::target::Target;
+
+/// Why a connection over the limit is refused.
+const SHED_REASON: &str = "the egress proxy is at its connection limit (--max-connections)";
+/// How long a refused connection is given to send its request head.
+const SHED_READ: Duration = Duration::from_millis(100);
+/// Bound on the whole refusal.
+const SHED_LINGER: Duration = Duration::from_secs(2);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -38,17 +48,27 @@ pub(crate) struct Builders {
 }
 
 impl Builders {
-    pub(crate) fn new(header_read_timeout: Duration) -> Self {
+    pub(crate) fn new(limits: &super::Limits) -> Self {
         let h1 = |mut builder: auto::Builder<TokioExecutor>| {
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
+                .header_read_timeout(limits.header_read_timeout)
+                .max_headers(limits.max_headers)
+                // hyper refuses buffers under 8 KiB; the head must fit the buffer.
+                .max_buf_size(limits.max_header_bytes.max(8192))
                 .keep_alive(true);
             builder
         };
         let mut inner_h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-        inner_h2.http2().timer(TokioTimer::new());
+        inner_h2
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .initial_stream_window_size(limits.stream_window)
+            .initial_connection_window_size(limits.stream_window.saturating_mul(4))
+            .max_send_buf_size(limits.stream_window as usize);
         Self {
             outer: h1(auto::Builder::new(TokioExecutor::new()).http1_only()),
             inner_h1: h1(auto::Builder::new(TokioExecutor::new()).http1_only()),
@@ -73,11 +93,17 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(permit) = proxy.connections.clone().try_acquire_owned() else {
+                        proxy.metrics.shed();
+                        proxy.tasks.spawn(shed(stream, client));
+                        continue;
+                    };
                     let proxy_for_task = proxy.clone();
                     let open = proxy.metrics.connection();
+                    let stream = Idle::new(stream, proxy.config.limits.idle_timeout);
                     proxy.tasks.spawn(async move {
-                        let _open = open;
-                        serve_client(&proxy_for_task, TokioIo::new(stream), client).await;
+                        let _open = (open, permit);
+                        serve_client(&proxy_for_task, stream, client).await;
                     });
                 }
                 Err(err) => {
@@ -92,6 +118,30 @@ pub(crate) async fn serve(
         .store(false, std::sync::atomic::Ordering::Release);
     drop(listener);
     drain(&proxy).await;
+}
+
+/// Answer a connection over the limit with a `503` and close it, reading (and
+/// dropping) what the client sent first so the answer is not lost to a reset.
+async fn shed(mut stream: TcpStream, client: SocketAddr) {
+    let body = format!(
+        "{{\"error\":\"overloaded\",\"reason\":\"{SHED_REASON}\",\"hint\":\"Retry shortly.\"}}\n"
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\n{}: {SHED_REASON}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        super::ERROR_HEADER,
+        body.len()
+    );
+    tracing::warn!(%client, "connection limit reached; answered 503");
+    let exchange = async {
+        let mut scratch = [0u8; 4096];
+        // Whatever the client sent first (usually the whole request head).
+        let _ = tokio::time::timeout(SHED_READ, stream.read(&mut scratch)).await;
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut scratch).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(SHED_LINGER, exchange).await;
 }
 
 async fn drain(proxy: &Proxy) {
@@ -116,11 +166,15 @@ async fn drain(proxy: &Proxy) {
 }
 
 /// Serve one client connection (HTTP/1.1: absolute-form requests and CONNECT).
-async fn serve_client(proxy: &Arc<Proxy>, io: TokioIo<tokio::net::TcpStream>, client: SocketAddr) {
+async fn serve_client(proxy: &Arc<Proxy>, io: Idle<TcpStream>, client: SocketAddr) {
+    let limits = &proxy.config.limits;
+    let (io, ambiguity) = FramingWatch::new(io, limits.max_header_bytes, limits.max_headers);
+    let io = TokioIo::new(io);
     let service_proxy = proxy.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = service_proxy.clone();
-        async move { Ok::<_, Infallible>(handle(&proxy, req, client).await) }
+        let ambiguity = ambiguity.clone();
+        async move { Ok::<_, Infallible>(handle(&proxy, req, client, &ambiguity).await) }
     });
     let conn = proxy
         .builders
@@ -178,8 +232,26 @@ async fn handle(
     proxy: &Arc<Proxy>,
     req: Request<Incoming>,
     client: SocketAddr,
+    ambiguity: &Ambiguity,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    if ambiguity.seen() {
+        let exchange = Exchange {
+            start,
+            client,
+            target: Target {
+                scheme: crate::policy::Scheme::Http,
+                host: req.uri().host().unwrap_or("-").to_owned(),
+                port: req.uri().port_u16().unwrap_or(0),
+                path: req.uri().path().to_owned(),
+            },
+            metrics: proxy.metrics.clone(),
+        };
+        return pipeline::refuse(
+            exchange.record(req.method().as_str()),
+            &Refusal::AmbiguousFraming,
+        );
+    }
     if req.method() == http::Method::CONNECT {
         return connect::handle(proxy, req, client, start).await;
     }

@@ -8,6 +8,7 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
@@ -26,7 +28,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
-/// How long an idle pooled upstream connection is kept.
+use super::idle::Idle;
+use crate::guard::{AddressGuard, GuardError};
+
+/// Default bound on keeping an idle pooled upstream connection.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per upstream host.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 64;
@@ -45,6 +50,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Bound on waiting for the upstream's response headers, connection included.
     pub response_timeout: Duration,
+    /// Which addresses may be dialled (default: public addresses only).
+    pub guard: Arc<AddressGuard>,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
 }
 
 /// Default [`UpstreamConfig::connect_timeout`].
@@ -61,6 +70,8 @@ impl Default for UpstreamConfig {
             proxy: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            guard: Arc::default(),
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
         }
     }
 }
@@ -103,7 +114,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// Build the clients. Reads the extra CA bundle and the system roots once.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+    /// Connections with no bytes moving for `idle_timeout` are closed.
+    pub fn new(
+        config: &UpstreamConfig,
+        idle_timeout: Duration,
+    ) -> Result<Self, UpstreamSetupError> {
         let roots = root_store(config)?;
         let tls = |alpn_h2: bool| -> Result<Connector, UpstreamSetupError> {
             let tls_config =
@@ -115,7 +130,7 @@ impl Upstream {
             let builder = HttpsConnectorBuilder::new()
                 .with_tls_config(tls_config)
                 .https_or_http();
-            let dial = Dial::new(config)?;
+            let dial = Dial::new(config, idle_timeout)?;
             Ok(if alpn_h2 {
                 builder.enable_all_versions().wrap_connector(dial)
             } else {
@@ -124,7 +139,7 @@ impl Upstream {
         };
         let client = |connector: Connector| {
             Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_idle_timeout(config.pool_idle_timeout)
                 .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -162,6 +177,9 @@ pub enum UpstreamError {
     /// Connecting took too long.
     #[error("timed out connecting to the upstream server")]
     ConnectTimeout,
+    /// The address guard refused every address of the destination.
+    #[error("{0}")]
+    Refused(GuardError),
     /// The upstream did not send response headers in time.
     #[error("the upstream server did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -173,6 +191,13 @@ pub enum UpstreamError {
 impl UpstreamError {
     fn classify(err: &hyper_util::client::legacy::Error) -> Self {
         let chain = error_chain(err);
+        let mut source: Option<&dyn StdError> = Some(err);
+        while let Some(e) = source {
+            if let Some(refused) = e.downcast_ref::<GuardError>() {
+                return UpstreamError::Refused(refused.clone());
+            }
+            source = e.source();
+        }
         if err.is_connect() {
             if chain.contains("timed out") || chain.contains("timeout") {
                 UpstreamError::ConnectTimeout
@@ -190,6 +215,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout | UpstreamError::Timeout(_) => {
                 http::StatusCode::GATEWAY_TIMEOUT
             }
+            UpstreamError::Refused(_) => http::StatusCode::FORBIDDEN,
             UpstreamError::Connect(_) | UpstreamError::Protocol(_) => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -250,35 +276,51 @@ fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetu
 
 /// Opens the TCP connection to an upstream: directly, or through a CONNECT tunnel of
 /// an upstream proxy. TLS is layered on top by the `HttpsConnector`.
+///
+/// Direct connections go through the address guard: a host name is resolved once, the
+/// addresses the guard refuses are dropped (all refused → the connection fails with
+/// the [`GuardError`]), and the remaining ones are dialled as resolved. Through an
+/// upstream proxy, name resolution is the proxy's; only IP-literal targets are checked.
 #[derive(Debug, Clone)]
 pub struct Dial {
-    direct: HttpConnector,
+    guard: Arc<AddressGuard>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
     tunnel: Option<Tunnel<HttpConnector>>,
 }
 
 impl Dial {
-    fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
-        let mut direct = HttpConnector::new();
-        direct.enforce_http(false);
-        direct.set_nodelay(true);
-        direct.set_connect_timeout(Some(config.connect_timeout));
+    fn new(config: &UpstreamConfig, idle_timeout: Duration) -> Result<Self, UpstreamSetupError> {
         let tunnel = match &config.proxy {
             None => None,
             Some(proxy) => {
                 if proxy.scheme_str() != Some("http") || proxy.host().is_none() {
                     return Err(UpstreamSetupError::Proxy(proxy.to_string()));
                 }
-                Some(Tunnel::new(proxy.clone(), direct.clone()))
+                let mut direct = HttpConnector::new();
+                configure(&mut direct, config.connect_timeout);
+                Some(Tunnel::new(proxy.clone(), direct))
             }
         };
-        Ok(Self { direct, tunnel })
+        Ok(Self {
+            guard: config.guard.clone(),
+            connect_timeout: config.connect_timeout,
+            idle_timeout,
+            tunnel,
+        })
     }
+}
+
+fn configure<R>(connector: &mut HttpConnector<R>, connect_timeout: Duration) {
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 impl tower_service::Service<Uri> for Dial {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Idle<TcpStream>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -288,16 +330,76 @@ impl tower_service::Service<Uri> for Dial {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        match &mut self.tunnel {
-            Some(tunnel) => {
-                let fut = tunnel.call(dst);
-                Box::pin(async move { fut.await.map_err(BoxError::from) })
-            }
-            None => {
-                let fut = self.direct.call(dst);
-                Box::pin(async move { fut.await.map_err(BoxError::from) })
-            }
+        let port = dst
+            .port_u16()
+            .unwrap_or(if dst.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        let literal = dst
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        if let Some(ip) = literal
+            && let Err(refused) = self.guard.check(SocketAddr::new(ip, port))
+        {
+            return Box::pin(async move { Err(BoxError::from(refused)) });
         }
+        let idle = self.idle_timeout;
+        let wrap = move |io: TokioIo<TcpStream>| TokioIo::new(Idle::new(io.into_inner(), idle));
+        if let Some(tunnel) = &mut self.tunnel {
+            let fut = tunnel.call(dst);
+            return Box::pin(async move { fut.await.map(wrap).map_err(BoxError::from) });
+        }
+        let mut direct = HttpConnector::new_with_resolver(GuardedResolver {
+            guard: self.guard.clone(),
+            port,
+        });
+        configure(&mut direct, self.connect_timeout);
+        Box::pin(async move { direct.call(dst).await.map(wrap).map_err(BoxError::from) })
+    }
+}
+
+/// The system resolver, keeping only the addresses the guard allows for one port.
+#[derive(Debug, Clone)]
+struct GuardedResolver {
+    guard: Arc<AddressGuard>,
+    port: u16,
+}
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let guard = self.guard.clone();
+        let port = self.port;
+        let host = name.as_str().to_owned();
+        let lookup = GaiResolver::new().call(name);
+        Box::pin(async move {
+            let mut allowed = Vec::new();
+            let mut refused = None;
+            for addr in lookup.await? {
+                let addr = SocketAddr::new(addr.ip(), port);
+                match guard.check(addr) {
+                    Ok(()) => allowed.push(addr),
+                    Err(err) => {
+                        tracing::debug!(%host, %addr, %err, "resolved address refused");
+                        refused.get_or_insert(err);
+                    }
+                }
+            }
+            match refused {
+                Some(err) if allowed.is_empty() => Err(BoxError::from(err)),
+                _ => Ok(allowed.into_iter()),
+            }
+        })
     }
 }
 

@@ -99,6 +99,13 @@ impl CertificateAuthority {
 
     /// Load a CA from a certificate file and a key file (both PEM).
     pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        if let Some(mode) = exposed_key_mode(key_path) {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format!("{mode:04o}"),
+                "the CA private key is readable by group or others: anyone who can read it can impersonate every host to the agent; chmod 600 it (Kubernetes: defaultMode 0400)"
+            );
+        }
         let cert_text = read(cert_path)?;
         let key_text = read(key_path)?;
         let cert_der =
@@ -177,6 +184,13 @@ impl CertificateAuthority {
     pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
         &self.issuer
     }
+}
+
+/// The key file's permission bits when group or others may read or write it.
+pub fn exposed_key_mode(key_path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(key_path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 fn parse_key(text: &[u8], path: &Path) -> Result<KeyPair, TlsError> {
@@ -320,6 +334,20 @@ mod tests {
             };
             assert_eq!(mode(CA_KEY_FILE), 0o600);
         }
+    }
+
+    #[test]
+    fn group_or_world_readable_keys_are_detected() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _ca) = saved();
+        let key = dir.path().join(CA_KEY_FILE);
+        assert_eq!(exposed_key_mode(&key), None);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(exposed_key_mode(&key), Some(0o644));
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(exposed_key_mode(&key), Some(0o640));
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(exposed_key_mode(&key), None);
     }
 
     #[test]

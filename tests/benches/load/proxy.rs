@@ -50,6 +50,8 @@ impl ProxyProcess {
                 "run",
                 "--listen",
                 "127.0.0.1:0",
+                "--allow-upstream-cidr",
+                "127.0.0.1/32",
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--worker-threads",
