@@ -2,7 +2,7 @@
 //! listeners with JSON logs, its stderr collected line by line, killed when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
@@ -23,6 +23,7 @@ pub struct RunningProxy {
     pub listen: String,
     /// The admin listener, `127.0.0.1:PORT`.
     pub admin: String,
+    state: PathBuf,
 }
 
 impl RunningProxy {
@@ -71,6 +72,7 @@ impl RunningProxy {
             log: Vec::new(),
             listen: String::new(),
             admin: String::new(),
+            state: state.to_owned(),
         };
         let listening = proxy.wait_for("egress-proxy listening");
         proxy.listen = listening["listen"].as_str().expect("listen").to_owned();
@@ -99,12 +101,49 @@ impl RunningProxy {
         self.child.id()
     }
 
+    /// Send `signal` (`-HUP`, `-TERM`, ...) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} failed");
+    }
+
+    /// The CA the proxy created in its state directory.
+    pub fn ca_path(&self) -> PathBuf {
+        self.state.join("ca/ca.crt")
+    }
+
+    /// A reqwest client builder using this proxy for every URL and trusting its CA
+    /// only.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let pem = std::fs::read(self.ca_path()).expect("read the proxy's CA");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
+            .proxy(reqwest::Proxy::all(format!("http://{}", self.listen)).expect("proxy URL"))
+    }
+
+    /// [`Self::client_builder`], built.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("client")
+    }
+
+    /// Every log line read so far that is JSON.
+    pub fn events(&mut self) -> Vec<Value> {
+        self.log.extend(self.lines.try_iter());
+        self.log
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
     /// `SIGTERM`, wait for the exit, collect the rest of the log; returns whether it
     /// exited 0.
     pub fn stop(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("-TERM");
         let status = self.child.wait().expect("wait for egress-proxy");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.log.push(line);

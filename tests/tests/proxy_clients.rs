@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use egress_proxy_tests::process::RunningProxy;
 use egress_proxy_tests::proxy::{
     ProxyOptions, TOKEN_NAME, TOKEN_VALUE, TestProxy, standard_proxy, standard_routes,
 };
@@ -295,59 +295,22 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
     let routes = dir.path().join("routes.yaml");
     std::fs::write(&routes, standard_routes(upstream.port())).unwrap();
     let state = dir.path().join("state");
-    let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-upstream-cidr",
-            "127.0.0.1/32",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
+    let mut proxy = RunningProxy::start(
+        &routes,
+        &state,
+        &[
             "--log",
             "debug",
-        ])
-        .arg("--routes")
-        .arg(&routes)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--upstream-ca")
-        .arg(&upstream_ca)
-        .env(TOKEN_NAME, TOKEN_VALUE)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            let _ = lines_tx.send(line.clone());
-        }
-    });
-    let mut log = Vec::new();
-    let listen = loop {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("proxy started");
-        log.push(line.clone());
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["message"] == "egress-proxy listening" {
-            break event["listen"].as_str().unwrap().to_owned();
-        }
-    };
-    let ca = state.join("ca/ca.crt");
-    assert!(ca.exists(), "the CA was created in the state directory");
-    let pem = std::fs::read(&ca).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .proxy(reqwest::Proxy::all(format!("http://{listen}")).unwrap())
-        .build()
-        .unwrap();
+            "--upstream-ca",
+            upstream_ca.to_str().unwrap(),
+        ],
+        &[(TOKEN_NAME, TOKEN_VALUE)],
+    );
+    assert!(
+        proxy.ca_path().exists(),
+        "the CA was created in the state directory"
+    );
+    let client = proxy.client();
     let ok = client
         .get(upstream.url("/echo/logged"))
         .header("authorization", "Bearer agent-own-secret")
@@ -366,7 +329,7 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
     // A download much larger than the proxy's memory streams through in bounded
     // memory: its peak RSS grows by far less than the body.
     let hwm = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
         let line = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -398,16 +361,8 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
     );
     drop(client);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "SIGTERM exits 0, got {exit:?}");
-    reader.join().unwrap();
-    log.extend(lines_rx.try_iter());
-    let text = log.join("\n");
+    assert!(proxy.stop(), "SIGTERM exits 0");
+    let text = proxy.log_text();
     assert!(
         !text.contains(TOKEN_VALUE),
         "the injected secret leaked into the log"
@@ -416,9 +371,9 @@ async fn the_run_binary_serves_logs_every_request_and_never_a_secret() {
         !text.contains("agent-own-secret"),
         "the agent's credential leaked into the log"
     );
-    let access: Vec<Value> = log
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let access: Vec<Value> = proxy
+        .events()
+        .into_iter()
         .filter(|e| e["target"] == "egress_proxy::access")
         .collect();
     let summary: Vec<(String, String, u64)> = access

@@ -5,15 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use egress_proxy::policy::Decision;
 use egress_proxy::reload::{self, Outcome, ReloadStatus, Reloader, Sources};
+use egress_proxy_tests::process::RunningProxy;
 use egress_proxy_tests::{MapSecrets, WRONG_VERSION_WASM, get, test_runtime};
 use tokio_util::sync::CancellationToken;
 
@@ -227,52 +226,13 @@ fn sighup_reloads_a_running_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let routes_path = dir.path().join("routes.yaml");
     std::fs::write(&routes_path, routes("a.example")).unwrap();
-    let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-upstream-cidr",
-            "127.0.0.1/32",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--routes")
-        .arg(&routes_path)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = |message: &str| -> serde_json::Value {
-        for line in lines.by_ref() {
-            let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-            if event["message"] == message {
-                return event;
-            }
-        }
-        panic!("the proxy exited before logging `{message}`");
-    };
-    wait_for("egress-proxy listening");
-    let kill = |signal: &str| {
-        assert!(
-            Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    kill("-HUP");
-    let reloaded = wait_for("policy reloaded");
+    let mut proxy = RunningProxy::start(&routes_path, &dir.path().join("state"), &[], &[]);
+    proxy.signal("-HUP");
+    let reloaded = proxy.wait_for("policy reloaded");
     assert_eq!(reloaded["generation"], 2);
     assert_eq!(reloaded["module_changed"], false);
-    kill("-TERM");
-    wait_for("stopped");
-    assert!(child.wait().unwrap().success());
+    assert!(proxy.stop(), "SIGTERM exits 0");
+    assert!(proxy.log_text().contains("\"message\":\"stopped\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,56 +247,18 @@ async fn a_rotated_secret_file_is_injected_without_a_restart() {
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
     std::fs::write(secrets.join(TOKEN_NAME), "first-token\n").unwrap();
-    let state = dir.path().join("state");
-    let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-upstream-cidr",
-            "127.0.0.1/32",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--routes")
-        .arg(&routes_path)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--upstream-ca")
-        .arg(&upstream_ca)
-        .arg("--secrets-dir")
-        .arg(&secrets)
-        .env_remove(TOKEN_NAME)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Keep draining the log (a closed pipe would fail the proxy's writes).
-    let stderr = child.stderr.take().unwrap();
-    let (listen_tx, listen_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
-                continue;
-            };
-            if event["message"] == "egress-proxy listening" {
-                let _ = listen_tx.send(event["listen"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let child = KillOnDrop(child);
-    let listen = listen_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("proxy listening");
-    let pem = std::fs::read(state.join("ca/ca.crt")).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .proxy(reqwest::Proxy::all(format!("http://{listen}")).unwrap())
-        .build()
-        .unwrap();
+    let proxy = RunningProxy::start(
+        &routes_path,
+        &dir.path().join("state"),
+        &[
+            "--upstream-ca",
+            upstream_ca.to_str().unwrap(),
+            "--secrets-dir",
+            secrets.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let client = proxy.client();
     let fetch = || async {
         let response = client.get(upstream.url("/echo/s")).send().await.unwrap();
         assert_eq!(response.status(), 200);
@@ -352,17 +274,6 @@ async fn a_rotated_secret_file_is_injected_without_a_restart() {
         .map(|s| s.header("authorization").unwrap_or("").to_owned())
         .collect();
     assert_eq!(auth, ["Bearer first-token", "Bearer second-token"]);
-    drop(child);
-}
-
-/// Kills the child process when dropped, so a failing test leaves nothing running.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,56 +344,13 @@ async fn reload_under_load_fails_no_request_and_decides_with_a_live_generation()
     let routes_path = dir.path().join("routes.yaml");
     let good = standard_routes(upstream.port());
     std::fs::write(&routes_path, &good).unwrap();
-    let state = dir.path().join("state");
-    let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-upstream-cidr",
-            "127.0.0.1/32",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .arg("--routes")
-        .arg(&routes_path)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--upstream-ca")
-        .arg(&upstream_ca)
-        .env(TOKEN_NAME, TOKEN_VALUE)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) {
-                let _ = line_tx.send(event);
-            }
-        }
-    });
-    let listen = loop {
-        let event = line_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("listening");
-        if event["message"] == "egress-proxy listening" {
-            break event["listen"].as_str().unwrap().to_owned();
-        }
-    };
-    let child = KillOnDrop(child);
-
-    let pem = std::fs::read(state.join("ca/ca.crt")).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .proxy(reqwest::Proxy::all(format!("http://{listen}")).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let mut proxy = RunningProxy::start(
+        &routes_path,
+        &dir.path().join("state"),
+        &["--upstream-ca", upstream_ca.to_str().unwrap()],
+        &[(TOKEN_NAME, TOKEN_VALUE)],
+    );
+    let client = proxy.client_builder().http1_only().build().unwrap();
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(REQUESTS));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
@@ -532,9 +400,8 @@ async fn reload_under_load_fails_no_request_and_decides_with_a_live_generation()
     writer.await.unwrap();
     // Let the last reload land, then stop the proxy and collect its log.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    drop(child);
-    reader.join().unwrap();
-    let events: Vec<serde_json::Value> = line_rx.try_iter().collect();
+    assert!(proxy.stop(), "SIGTERM exits 0");
+    let events = proxy.events();
     assert!(
         failures.is_empty(),
         "{} failed requests: {:?}",

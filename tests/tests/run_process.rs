@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
+use egress_proxy_tests::process::RunningProxy;
+
 #[test]
 fn a_closed_log_pipe_does_not_stop_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,37 +86,13 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
         "routes:\n  - host: api.github.com\n    auth: {scheme: Bearer, token_ref: GH_PAT}\n",
     )
     .unwrap();
-    let mut child = Command::new(egress_proxy_tests::proxy_bin())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-upstream-cidr",
-            "127.0.0.1/32",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .arg("--routes")
-        .arg(&routes)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("GH_PAT", "never-shown-by-admin")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = |message: &str| -> serde_json::Value {
-        for line in lines.by_ref() {
-            let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-            if event["message"] == message {
-                return event;
-            }
-        }
-        panic!("the proxy exited before logging `{message}`");
-    };
-    let listening = wait_for("egress-proxy listening");
-    let admin = listening["admin"].as_str().unwrap().to_owned();
+    let mut proxy = RunningProxy::start(
+        &routes,
+        &dir.path().join("state"),
+        &[],
+        &[("GH_PAT", "never-shown-by-admin")],
+    );
+    let admin = proxy.admin.clone();
     assert_eq!(
         admin_get(&admin, "GET", "/healthz"),
         (200, "ok\n".to_owned())
@@ -132,8 +110,7 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
     assert_eq!(admin_get(&admin, "POST", "/policy").0, 405);
 
     // Metrics count what the data plane did.
-    let listen = listening["listen"].as_str().unwrap().to_owned();
-    let mut stream = TcpStream::connect(&listen).unwrap();
+    let mut stream = TcpStream::connect(&proxy.listen).unwrap();
     stream
         .write_all(
             b"GET http://b.example/ HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
@@ -160,14 +137,8 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
 
     // A bad routes file: the old generation stays, the error is reported.
     std::fs::write(&routes, "routes: [").unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    wait_for("policy reload failed; the previous generation keeps serving");
+    proxy.signal("-HUP");
+    proxy.wait_for("policy reload failed; the previous generation keeps serving");
     let policy: serde_json::Value =
         serde_json::from_str(&admin_get(&admin, "GET", "/policy").1).unwrap();
     assert_eq!(policy["generation"], 1);
@@ -184,8 +155,6 @@ fn the_admin_listener_reports_health_readiness_and_the_loaded_policy() {
             .contains("not valid YAML"),
         "{policy}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
