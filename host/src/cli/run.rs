@@ -358,6 +358,50 @@ mod tests {
         assert_eq!(config.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(config.upstream.response_timeout, DEFAULT_RESPONSE_TIMEOUT);
         assert_eq!(config.leaf_cache_capacity, defaults.leaf_cache_capacity);
+        let (limits, default_limits) = (config.limits, Limits::default());
+        assert_eq!(limits.max_connections, default_limits.max_connections);
+        assert_eq!(
+            limits.header_read_timeout,
+            default_limits.header_read_timeout
+        );
+        assert_eq!(limits.max_header_bytes, default_limits.max_header_bytes);
+        assert_eq!(limits.max_headers, default_limits.max_headers);
+        assert_eq!(limits.idle_timeout, default_limits.idle_timeout);
+        assert_eq!(limits.stream_window, default_limits.stream_window);
+        assert_eq!(
+            config.upstream.pool_idle_timeout,
+            UpstreamConfig::default().pool_idle_timeout
+        );
+        assert!(config.upstream.guard.allowed().is_empty());
+    }
+
+    #[test]
+    fn allowed_upstream_cidrs_parse_addresses_and_lists() {
+        let args = args(&[
+            "--allow-upstream-cidr",
+            "10.1.2.3/8, 127.0.0.1",
+            "--allow-upstream-cidr",
+            "::1",
+        ]);
+        let allowed: Vec<String> = args
+            .allow_upstream_cidr
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        let guard = args.proxy_config().upstream.guard;
+        assert!(guard.check("10.9.9.9:443".parse().unwrap()).is_ok());
+        assert!(guard.check("192.168.0.1:443".parse().unwrap()).is_err());
+        let refused = Cli::try_parse_from([
+            "egress-proxy",
+            "run",
+            "--routes",
+            "r.yaml",
+            "--allow-upstream-cidr",
+            "10.0.0.0/33",
+        ]);
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("is not a CIDR"), "{message}");
     }
 
     #[test]
