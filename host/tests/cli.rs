@@ -254,3 +254,41 @@ fn test_refuses_an_invalid_case_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is invalid"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_not_with_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egress-proxy"))
+        .args([
+            "policy",
+            "test",
+            "--routes",
+            "examples/routes.yaml",
+            "examples/cases.yaml",
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run egress-proxy");
+    // Like `| head -0`: the reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_module_over_the_memory_limit_says_which_limit_to_raise() {
+    let out = proxy(&[
+        "policy",
+        "check",
+        "--routes",
+        "examples/routes.yaml",
+        "--policy-memory-mib",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("raise --policy-memory-mib"), "{err}");
+    assert!(!err.contains("not a valid WebAssembly component"), "{err}");
+}

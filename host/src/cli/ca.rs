@@ -1,6 +1,7 @@
 //! `egress-proxy ca create | print | env`: the proxy's CA, and what an agent needs to
 //! trust it.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -109,15 +110,15 @@ pub(super) fn run(cmd: CaCommand) -> Result<ExitCode> {
 fn create(dir: &Path, force: bool) -> Result<ExitCode> {
     let ca = CertificateAuthority::generate()?;
     let (cert, key) = ca.save(dir, force)?;
-    println!("certificate: {}", cert.display());
-    println!("private key: {}", key.display());
-    println!("sha256:      {}", ca.fingerprint());
+    writeln!(std::io::stdout(), "certificate: {}", cert.display())?;
+    writeln!(std::io::stdout(), "private key: {}", key.display())?;
+    writeln!(std::io::stdout(), "sha256:      {}", ca.fingerprint())?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn print(dir: &Path) -> Result<ExitCode> {
     let ca = CertificateAuthority::load(dir)?;
-    print!("{}", ca.cert_pem());
+    write!(std::io::stdout(), "{}", ca.cert_pem())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -134,7 +135,7 @@ fn env(
     let value = cert_path
         .to_str()
         .with_context(|| format!("{} is not valid UTF-8", cert_path.display()))?;
-    print!("{}", export_lines(value, proxy_url));
+    write!(std::io::stdout(), "{}", export_lines(value, proxy_url))?;
     Ok(ExitCode::SUCCESS)
 }
 

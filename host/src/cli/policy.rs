@@ -1,5 +1,6 @@
 //! `egress-proxy policy check | eval | test`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -54,23 +55,30 @@ fn check(args: &PolicyArgs) -> Result<ExitCode> {
     let loaded = load(args)?;
     let module = loaded.generation.module();
     let summary = loaded.generation.summary();
-    println!("policy:  {} (sha256 {})", module.origin(), module.sha256());
-    println!(
+    writeln!(
+        std::io::stdout(),
+        "policy:  {} (sha256 {})",
+        module.origin(),
+        module.sha256()
+    )?;
+    writeln!(
+        std::io::stdout(),
         "routes:  {} (sha256 {})",
         loaded.routes.path.display(),
         loaded.routes.sha256
-    );
-    println!("rules:   {}", summary.rules);
+    )?;
+    writeln!(std::io::stdout(), "rules:   {}", summary.rules)?;
     let secrets: Vec<&str> = summary.secrets.iter().map(String::as_str).collect();
-    println!(
+    writeln!(
+        std::io::stdout(),
         "secrets: {}",
         if secrets.is_empty() {
             "(none)".to_owned()
         } else {
             secrets.join(", ")
         }
-    );
-    println!("ok");
+    )?;
+    writeln!(std::io::stdout(), "ok")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -89,7 +97,7 @@ fn eval(
     let request = request_for(method, url, headers, client)?;
     let loaded = load(args)?;
     let verdict = loaded.generation.evaluate(&request);
-    println!("{}", verdict_json(&verdict, &EnvSecrets));
+    writeln!(std::io::stdout(), "{}", verdict_json(&verdict, &EnvSecrets))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -158,16 +166,21 @@ fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
             match case.run(&loaded.generation) {
                 Ok(()) => {
                     passed += 1;
-                    println!("PASS {}: {}", path.display(), case.name);
+                    writeln!(std::io::stdout(), "PASS {}: {}", path.display(), case.name)?;
                 }
                 Err(diff) => {
                     failed += 1;
-                    println!("FAIL {}: {}: {diff}", path.display(), case.name);
+                    writeln!(
+                        std::io::stdout(),
+                        "FAIL {}: {}: {diff}",
+                        path.display(),
+                        case.name
+                    )?;
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    writeln!(std::io::stdout(), "{passed} passed, {failed} failed")?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -61,6 +61,17 @@ pub enum PolicyError {
         /// The compiler's message.
         message: String,
     },
+    /// The component is valid but needs more than the runtime's limits allow (for
+    /// example a larger initial linear memory than `--policy-memory-mib`).
+    #[error(
+        "{origin} needs more than the policy limits allow: {message}; raise --policy-memory-mib (EGRESS_PROXY_POLICY_MEMORY_MIB)"
+    )]
+    OverLimits {
+        /// Where the module came from.
+        origin: String,
+        /// wasmtime's message.
+        message: String,
+    },
     /// The component was built against another version of the WIT package.
     #[error(
         "{origin} was built against {found}, but this proxy speaks {expected}; rebuild the policy against wit/policy.wit ({expected})"

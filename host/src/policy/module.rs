@@ -38,11 +38,21 @@ impl PolicyModule {
         origin: String,
     ) -> Result<Arc<Self>, PolicyError> {
         let sha256 = super::sha256_hex(bytes);
-        let component =
-            Component::new(&shared.engine, bytes).map_err(|e| PolicyError::Compile {
-                origin: origin.clone(),
-                message: format!("{e:#}"),
-            })?;
+        let component = Component::new(&shared.engine, bytes).map_err(|e| {
+            let message = format!("{e:#}");
+            // The pooling allocator checks memory sizes when the component is compiled.
+            if message.contains("exceeds the limit") {
+                PolicyError::OverLimits {
+                    origin: origin.clone(),
+                    message,
+                }
+            } else {
+                PolicyError::Compile {
+                    origin: origin.clone(),
+                    message,
+                }
+            }
+        })?;
         check_version(shared, &component, &origin)?;
         let link_error = |e: wasmtime::Error| PolicyError::Link {
             origin: origin.clone(),
