@@ -13,6 +13,7 @@
 //! - `/bytes?n=N`: exactly N bytes, byte `i` being `(i % 251) as u8`, streamed.
 //! - `/status/CODE`: an empty response with that status.
 //! - `/redirect?to=URL`: 302 to URL.
+//! - `/simple/`: a small HTML page (a package-index stand-in for the README quick start).
 //! - `/git/...`: files under [`UpstreamOptions::files_root`] (see [`git_bare_repo`]).
 //!
 //! Everything it spawns is owned by the `Upstream` and stops when it is dropped.
@@ -56,6 +57,9 @@ pub struct UpstreamOptions {
     /// `true`); a load test turns it off so memory stays flat. When off, both stay
     /// empty.
     pub record_requests: bool,
+    /// More names its certificate carries, besides `localhost`, `127.0.0.1` and `::1`
+    /// (for a proxy told to `--resolve` such a name to this upstream).
+    pub extra_names: Vec<String>,
 }
 
 impl Default for UpstreamOptions {
@@ -65,6 +69,7 @@ impl Default for UpstreamOptions {
             http2: true,
             files_root: None,
             record_requests: true,
+            extra_names: Vec::new(),
         }
     }
 }
@@ -129,7 +134,9 @@ impl Upstream {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("listener address");
         let ca = TestCa::new();
-        let acceptor = options.tls.then(|| tls_acceptor(&ca, options.http2));
+        let acceptor = options
+            .tls
+            .then(|| tls_acceptor(&ca, options.http2, &options.extra_names));
 
         let tasks = Arc::new(Tasks::new());
         let mut builder = auto::Builder::new(TaskExecutor(Arc::clone(&tasks)));
@@ -315,8 +322,10 @@ where
         .await;
 }
 
-fn tls_acceptor(ca: &TestCa, http2: bool) -> TlsAcceptor {
-    let (chain, key) = ca.issue(&["localhost", "127.0.0.1", "::1"]);
+fn tls_acceptor(ca: &TestCa, http2: bool, extra_names: &[String]) -> TlsAcceptor {
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    names.extend(extra_names.iter().map(String::as_str));
+    let (chain, key) = ca.issue(&names);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -91,6 +91,13 @@ pub struct RunArgs {
     /// addresses stay refused.
     #[arg(long, env = "EGRESS_PROXY_ALLOW_UPSTREAM_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub allow_upstream_cidr: Vec<IpNet>,
+    /// Connect to ADDR:PORT2 for HOST:PORT instead of resolving HOST (like curl's
+    /// `--connect-to`, but ADDR must be an IP address), e.g.
+    /// `api.internal:443:10.0.0.7:8443`; TLS still verifies HOST's certificate, and
+    /// the address guard still applies. Repeat, or separate with commas.
+    #[arg(long, env = "EGRESS_PROXY_CONNECT_TO", value_delimiter = ',', value_parser = parse_connect_to,
+          value_name = "HOST:PORT:ADDR:PORT2")]
+    pub connect_to: Vec<ConnectTo>,
     /// Client connections served at once; more are answered 503 and closed.
     #[arg(long, env = "EGRESS_PROXY_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
@@ -139,6 +146,11 @@ impl RunArgs {
                 response_timeout: self.upstream_timeout,
                 guard: Arc::new(AddressGuard::new(self.allow_upstream_cidr.clone())),
                 pool_idle_timeout: self.upstream_pool_idle_timeout,
+                connect_to: self
+                    .connect_to
+                    .iter()
+                    .map(|c| ((c.host.clone(), c.port), c.address))
+                    .collect(),
             },
             drain_timeout: self.drain_timeout,
             leaf_cache_capacity: self.leaf_cache_size.max(1),
@@ -242,6 +254,33 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `--connect-to` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    /// The normalised host name.
+    pub host: String,
+    /// The port requests name.
+    pub port: u16,
+    /// Where to connect instead.
+    pub address: SocketAddr,
+}
+
+/// `HOST:PORT:ADDR:PORT2` (an IPv6 ADDR in brackets).
+fn parse_connect_to(text: &str) -> Result<ConnectTo, String> {
+    let bad =
+        || format!("`{text}` is not HOST:PORT:ADDR:PORT2 (e.g. api.internal:443:10.0.0.7:8443)");
+    let mut parts = text.trim().splitn(3, ':');
+    let (Some(host), Some(port), Some(address)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let host = crate::target::normalize_host(host).map_err(|e| format!("`{text}`: {e}"))?;
+    Ok(ConnectTo {
+        host,
+        port: port.parse().map_err(|_| bad())?,
+        address: address.parse().map_err(|_| bad())?,
+    })
 }
 
 /// A CIDR (`10.1.0.0/16`) or a single address (`127.0.0.1`, `::1`).
@@ -373,6 +412,31 @@ mod tests {
             UpstreamConfig::default().pool_idle_timeout
         );
         assert!(config.upstream.guard.allowed().is_empty());
+    }
+
+    #[test]
+    fn connect_to_entries_parse() {
+        let args = args(&[
+            "--connect-to",
+            "API.Example.com:443:10.0.0.7:8443,b.example:80:[::1]:8080",
+        ]);
+        let connect_to = args.proxy_config().upstream.connect_to;
+        assert_eq!(
+            connect_to.get(&("api.example.com".to_owned(), 443)),
+            Some(&"10.0.0.7:8443".parse().unwrap())
+        );
+        assert_eq!(
+            connect_to.get(&("b.example".to_owned(), 80)),
+            Some(&"[::1]:8080".parse().unwrap())
+        );
+        for bad in [
+            "a.example:443",
+            "a.example:x:1.2.3.4:1",
+            "a.example:443:1.2.3.4",
+            "a.example:443:host:1",
+        ] {
+            assert!(parse_connect_to(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `EGRESS_PROXY_UPSTREAM_CA`). Connections are pooled per scheme, host and port;
 //! HTTP/2 is used when the server offers it in ALPN.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +55,10 @@ pub struct UpstreamConfig {
     pub guard: Arc<AddressGuard>,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Fixed socket addresses for some `(host, port)` pairs, dialled instead of
+    /// resolving the host (like curl's `--connect-to`); TLS still verifies the host's
+    /// certificate and the address guard still applies.
+    pub connect_to: HashMap<(String, u16), SocketAddr>,
 }
 
 /// Default [`UpstreamConfig::connect_timeout`].
@@ -72,6 +77,7 @@ impl Default for UpstreamConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             guard: Arc::default(),
             pool_idle_timeout: POOL_IDLE_TIMEOUT,
+            connect_to: HashMap::new(),
         }
     }
 }
@@ -284,6 +290,7 @@ fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetu
 #[derive(Debug, Clone)]
 pub struct Dial {
     guard: Arc<AddressGuard>,
+    connect_to: Arc<HashMap<(String, u16), SocketAddr>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     tunnel: Option<Tunnel<HttpConnector>>,
@@ -304,6 +311,7 @@ impl Dial {
         };
         Ok(Self {
             guard: config.guard.clone(),
+            connect_to: Arc::new(config.connect_to.clone()),
             connect_timeout: config.connect_timeout,
             idle_timeout,
             tunnel,
@@ -337,12 +345,14 @@ impl tower_service::Service<Uri> for Dial {
             } else {
                 443
             });
-        let literal = dst
+        let host = dst
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|h| h.parse::<IpAddr>().ok());
-        if let Some(ip) = literal
-            && let Err(refused) = self.guard.check(SocketAddr::new(ip, port))
+            .unwrap_or_default();
+        let pinned = self.connect_to.get(&(host.to_owned(), port)).copied();
+        let literal = pinned.or_else(|| host.parse::<IpAddr>().ok().map(|ip| (ip, port).into()));
+        if let Some(addr) = literal
+            && let Err(refused) = self.guard.check(addr)
         {
             return Box::pin(async move { Err(BoxError::from(refused)) });
         }
@@ -352,6 +362,14 @@ impl tower_service::Service<Uri> for Dial {
             let fut = tunnel.call(dst);
             return Box::pin(async move { fut.await.map(wrap).map_err(BoxError::from) });
         }
+        // A pinned address is dialled as a literal (TLS above still names the host).
+        let dst = match pinned {
+            Some(addr) => match format!("http://{addr}").parse::<Uri>() {
+                Ok(uri) => uri,
+                Err(err) => return Box::pin(async move { Err(BoxError::from(err)) }),
+            },
+            None => dst,
+        };
         let mut direct = HttpConnector::new_with_resolver(GuardedResolver {
             guard: self.guard.clone(),
             port,

@@ -51,6 +51,15 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Respo
         "/ws" => websocket(req, &shared),
         "/bytes" => bytes(&req),
         "/redirect" => redirect(&req),
+        // A stand-in for a package index (the README's quick start fetches one).
+        "/simple/" => with_headers(
+            StatusCode::OK,
+            &[(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+            Full::new(Bytes::from_static(
+                b"<html><body>simple index</body></html>\n",
+            ))
+            .boxed_unsync(),
+        ),
         _ => empty(StatusCode::NOT_FOUND),
     }
 }
