@@ -235,24 +235,7 @@ async fn handle(
     ambiguity: &Ambiguity,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    if ambiguity.seen() {
-        let exchange = Exchange {
-            start,
-            client,
-            target: Target {
-                scheme: crate::policy::Scheme::Http,
-                host: req.uri().host().unwrap_or("-").to_owned(),
-                port: req.uri().port_u16().unwrap_or(0),
-                path: req.uri().path().to_owned(),
-            },
-            metrics: proxy.metrics.clone(),
-        };
-        return pipeline::refuse(
-            exchange.record(req.method().as_str()),
-            &Refusal::AmbiguousFraming,
-        );
-    }
-    if req.method() == http::Method::CONNECT {
+    if req.method() == http::Method::CONNECT && !ambiguity.seen() {
         return connect::handle(proxy, req, client, start).await;
     }
     let path = req
@@ -271,6 +254,12 @@ async fn handle(
         },
         metrics: proxy.metrics.clone(),
     };
+    if ambiguity.seen() {
+        return pipeline::refuse(
+            exchange.record(req.method().as_str()),
+            &Refusal::AmbiguousFraming,
+        );
+    }
     if req.uri().scheme().is_none() {
         return pipeline::refuse(
             exchange.record(req.method().as_str()),
