@@ -19,10 +19,14 @@ use egress_proxy::proxy::{Limits, Proxy, ProxyConfig, UpstreamConfig};
 use egress_proxy::routes::RoutesDocument;
 use egress_proxy::tls::CertificateAuthority;
 use ipnet::IpNet;
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::MapSecrets;
 
@@ -204,6 +208,35 @@ impl TestProxy {
             builder = builder.http1_only();
         }
         builder.build().expect("client")
+    }
+
+    /// A TLS client configuration trusting this proxy's CA only, offering `alpn`.
+    pub fn tls_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let pem = std::fs::read(&self.ca_path).expect("read CA");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// CONNECT to `authority` (it must be answered 200), then a TLS handshake naming
+    /// `sni` that offers HTTP/1.1 only.
+    pub async fn tunnel(&self, authority: &str, sni: &str) -> TlsStream<TcpStream> {
+        let (status, head, tcp) = self.connect(authority).await;
+        assert_eq!(status, 200, "CONNECT {authority}: {head}");
+        let name = ServerName::try_from(sni.to_owned()).expect("server name");
+        TlsConnector::from(Arc::new(self.tls_config(&[b"http/1.1"])))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake through the tunnel")
     }
 
     /// Open a raw CONNECT to `authority`; returns the status line's code, the whole

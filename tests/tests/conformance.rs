@@ -23,12 +23,10 @@ use egress_proxy_tests::proxy::{
     ProxyOptions, TOKEN_NAME, TOKEN_VALUE, TestProxy, standard_proxy, standard_routes,
 };
 use egress_proxy_tests::upstream::{Upstream, UpstreamOptions};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 async fn tls_upstream() -> Upstream {
     Upstream::start(UpstreamOptions::default()).await
@@ -40,29 +38,6 @@ async fn plain_upstream() -> Upstream {
         ..UpstreamOptions::default()
     })
     .await
-}
-
-/// CONNECT to `authority` (must be answered 200), then a TLS handshake naming `sni`,
-/// trusting the proxy's CA, HTTP/1.1 only.
-async fn tunnel(proxy: &TestProxy, authority: &str, sni: &str) -> TlsStream<TcpStream> {
-    let (status, head, stream) = proxy.connect(authority).await;
-    assert_eq!(status, 200, "CONNECT {authority}: {head}");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(proxy.ca_path()).unwrap())
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(sni.to_owned()).unwrap(), stream)
-        .await
-        .unwrap()
 }
 
 /// Send raw bytes and read until the peer closes (requests say `Connection: close`).
@@ -86,7 +61,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, raw: &str) 
 /// One request inside a fresh tunnel to `localhost:port`.
 async fn in_tunnel(proxy: &TestProxy, port: u16, request_line: &str, extra: &str) -> String {
     let authority = format!("localhost:{port}");
-    let mut tls = tunnel(proxy, &authority, "localhost").await;
+    let mut tls = proxy.tunnel(&authority, "localhost").await;
     let raw = format!("{request_line}\r\nHost: {authority}\r\n{extra}Connection: close\r\n\r\n");
     exchange(&mut tls, &raw).await
 }
@@ -147,7 +122,9 @@ async fn bypass_host_case_and_trailing_dot_name_the_same_route() {
     let proxy = standard_proxy(&upstream, dir.path()).await;
     let port = upstream.port();
     // Case and a trailing dot are the same host: allowed, the credential injected.
-    let mut tls = tunnel(&proxy, &format!("LocalHost.:{port}"), "localhost").await;
+    let mut tls = proxy
+        .tunnel(&format!("LocalHost.:{port}"), "localhost")
+        .await;
     let raw =
         format!("GET /echo/x HTTP/1.1\r\nHost: LOCALHOST.:{port}\r\nConnection: close\r\n\r\n");
     let response = exchange(&mut tls, &raw).await;
@@ -346,7 +323,9 @@ async fn bypass_host_sni_and_connect_must_agree() {
         format!("localhost:{}", port + 1),
         format!("evil.test:{port}"),
     ] {
-        let mut tls = tunnel(&proxy, &format!("localhost:{port}"), "localhost").await;
+        let mut tls = proxy
+            .tunnel(&format!("localhost:{port}"), "localhost")
+            .await;
         let raw = format!("GET /echo/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let response = exchange(&mut tls, &raw).await;
         assert_eq!(status(&response), 421, "Host {host}: {response}");
@@ -354,17 +333,7 @@ async fn bypass_host_sni_and_connect_must_agree() {
     // SNI naming another host than the CONNECT: no certificate, no handshake.
     let (status_code, _, stream) = proxy.connect(&format!("localhost:{port}")).await;
     assert_eq!(status_code, 200);
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(proxy.ca_path()).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = proxy.tls_config(&[]);
     let handshake = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("evil.test").unwrap(), stream)
         .await;
@@ -408,7 +377,7 @@ async fn bypass_ambiguous_framing_cl_te_is_refused() {
         "Content-Length : 4\r\n".to_owned(),
         "Content-Length: -1\r\n".to_owned(),
     ] {
-        let mut tls = tunnel(&proxy, &authority, "localhost").await;
+        let mut tls = proxy.tunnel(&authority, "localhost").await;
         let raw =
             format!("POST /echo/x HTTP/1.1\r\nHost: {authority}\r\n{head}\r\n0\r\n\r\n{smuggled}");
         let response = exchange(&mut tls, &raw).await;
@@ -422,7 +391,7 @@ async fn bypass_ambiguous_framing_cl_te_is_refused() {
         "Transfer-Encoding: chunked\r\nContent-Length: 60\r\n",
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n",
     ] {
-        let mut tls = tunnel(&proxy, &authority, "localhost").await;
+        let mut tls = proxy.tunnel(&authority, "localhost").await;
         let raw =
             format!("POST /echo/x HTTP/1.1\r\nHost: {authority}\r\n{head}\r\n0\r\n\r\n{smuggled}");
         let response = exchange(&mut tls, &raw).await;

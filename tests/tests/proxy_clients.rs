@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use egress_proxy_tests::process::RunningProxy;
@@ -15,7 +14,6 @@ use egress_proxy_tests::proxy::{
 };
 use egress_proxy_tests::upstream::{GIT_README, Upstream, UpstreamOptions, git_bare_repo};
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -163,25 +161,7 @@ async fn websocket_echo_through_an_intercepted_tunnel() {
     let upstream = Upstream::start(UpstreamOptions::default()).await;
     let proxy = standard_proxy(&upstream, dir.path()).await;
     let authority = format!("localhost:{}", upstream.port());
-    let (status, _, tcp) = proxy.connect(&authority).await;
-    assert_eq!(status, 200);
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(proxy.ca_path()).unwrap();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = proxy.tunnel(&authority, "localhost").await;
     let (mut ws, response) = tokio_tungstenite::client_async(format!("wss://{authority}/ws"), tls)
         .await
         .unwrap();
