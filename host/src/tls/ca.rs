@@ -103,7 +103,7 @@ impl CertificateAuthority {
             tracing::warn!(
                 path = %key_path.display(),
                 mode = format!("{mode:04o}"),
-                "the CA private key is readable by group or others: anyone who can read it can impersonate every host to the agent; chmod 600 it (Kubernetes: defaultMode 0400)"
+                "the CA private key is readable by group or others: anyone who can read it can impersonate every host to the agent; chmod 600 it (in Kubernetes a non-root proxy reads Secret files through fsGroup, which makes them group-readable: mount the CA Secret into the proxy container only)"
             );
         }
         let cert_text = read(cert_path)?;
