@@ -233,7 +233,11 @@ fn check_normal_host(target: &Target, input: &str) {
 /// `AddressGuard::check` (no CIDR allowed): an IPv4-mapped address is judged as its
 /// IPv4 address, and nothing the standard library calls special-purpose passes.
 fn check_guard(text: &str) {
-    let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+    let Ok(ip) = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    else {
         return;
     };
     let guard = AddressGuard::default();
