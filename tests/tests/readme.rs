@@ -336,3 +336,46 @@ async fn the_quick_start_runs_as_written() {
     }
     assert_eq!(upstream.seen()[0].path, "/simple/");
 }
+
+#[test]
+fn every_flag_and_environment_variable_is_documented() {
+    let readme = readme();
+    let mut missing = Vec::new();
+    for command in [
+        "run",
+        "policy check",
+        "policy eval",
+        "policy test",
+        "ca create",
+        "ca init",
+        "ca print",
+        "ca env",
+    ] {
+        let out = Command::new(proxy_bin())
+            .args(command.split(' '))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command} --help");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        for word in help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+            let flag = word.starts_with("--") && word.len() > 2 && word != "--help";
+            let variable = word.starts_with("EGRESS_PROXY_");
+            let entry = format!("{command}: {word}");
+            if (flag || variable) && !mentions(&readme, word) && !missing.contains(&entry) {
+                missing.push(entry);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in the README: {missing:?}");
+}
+
+/// Whether `text` has `word` as a whole word (not a prefix of a longer flag or name).
+fn mentions(text: &str, word: &str) -> bool {
+    let part_of_word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(part_of_word) && !after.is_some_and(part_of_word)
+    })
+}
