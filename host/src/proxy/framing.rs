@@ -26,6 +26,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Header fields parsed without a heap allocation (the default limit is 100).
+const STACK_HEADERS: usize = 128;
 /// The longest chunk-size or trailer line followed.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -141,8 +143,16 @@ impl<S> FramingWatch<S> {
         let State::Head(buf) = &self.state else {
             return None;
         };
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.max(1)];
-        let mut request = httparse::Request::new(&mut headers);
+        // On the stack for the usual limits: this runs for every request head.
+        let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let headers: &mut [httparse::Header<'_>] = if self.max_headers <= STACK_HEADERS {
+            &mut on_stack[..self.max_headers.max(1)]
+        } else {
+            on_heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+            &mut on_heap
+        };
+        let mut request = httparse::Request::new(headers);
         let len = match request.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return None,
@@ -154,24 +164,25 @@ impl<S> FramingWatch<S> {
         if request.method == Some("CONNECT") {
             return Some((len, State::Off));
         }
-        let mut lengths = Vec::new();
+        // hyper frames by the first Content-Length (it refuses conflicting ones).
+        let mut length: Option<&[u8]> = None;
         let mut last_coding: Option<&[u8]> = None;
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
-                lengths.push(header.value);
+                length.get_or_insert(header.value);
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 last_coding = Some(header.value);
             } else if header.name.eq_ignore_ascii_case("upgrade") {
                 return Some((len, State::Off));
             }
         }
-        if last_coding.is_some() && !lengths.is_empty() {
+        if last_coding.is_some() && length.is_some() {
             self.ambiguity.0.store(true, Ordering::Release);
         }
         let next = match last_coding {
             Some(coding) if ends_with_chunked(coding) => State::Line(Line::ChunkSize, Vec::new()),
             Some(_) => State::Off,
-            None => match lengths.first().map(|v| parse_length(v)) {
+            None => match length.map(parse_length) {
                 None => State::Head(Vec::new()),
                 Some(Some(0)) => State::Head(Vec::new()),
                 Some(Some(n)) => State::Body(n),
