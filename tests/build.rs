@@ -1,9 +1,12 @@
 //! Builds the guest fixtures in `fixtures/` (their own workspace) for wasm32-wasip2 and
 //! tells the tests where they are:
 //!
-//! - `FIXTURE_MISBEHAVE_WASM`: `fixtures/misbehave`, a policy that misbehaves on request;
+//! - `FIXTURE_MISBEHAVE_WASM`: `fixtures/misbehave`, a policy built against the 0.1.0
+//!   contract that misbehaves on request;
+//! - `FIXTURE_BODY_WASM`: `fixtures/body`, a 0.2.0 policy that reads bodies, keeps
+//!   rate-limit state and annotates;
 //! - `FIXTURE_WRONG_VERSION_WASM`: `fixtures/wrong-version`, built against
-//!   `egress:policy@0.2.0`.
+//!   `egress:policy@0.3.0`.
 //!
 //! Use them as `env!("FIXTURE_MISBEHAVE_WASM")`. The nested cargo gets a clean
 //! environment (none of this build's flags, target or wrappers) and a target directory
@@ -23,6 +26,7 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// its copy in `OUT_DIR`.
 const FIXTURES: &[(&str, &str)] = &[
     ("misbehave.wasm", "FIXTURE_MISBEHAVE_WASM"),
+    ("body.wasm", "FIXTURE_BODY_WASM"),
     ("wrong_version.wasm", "FIXTURE_WRONG_VERSION_WASM"),
 ];
 
@@ -34,9 +38,11 @@ const INPUTS: &[&str] = &[
     "fixtures/.cargo/config.toml",
     "fixtures/misbehave/Cargo.toml",
     "fixtures/misbehave/src",
+    "fixtures/body/Cargo.toml",
+    "fixtures/body/src",
     "fixtures/wrong-version/Cargo.toml",
     "fixtures/wrong-version/src",
-    "fixtures/wit-v0.2",
+    "fixtures/wit-v0.3",
     "../wit",
 ];
 

@@ -14,7 +14,7 @@ from typing import Optional
 import wit_world.exports
 from componentize_py_types import Err
 from wit_world.exports import decider as wit
-from wit_world.imports import request_headers
+from wit_world.imports import request_body, request_headers
 
 import policy
 
@@ -43,13 +43,20 @@ class Decider(wit_world.exports.Decider):
             # The WIT `result` error: the proxy refuses the document with this message.
             raise Err(str(error))
         _policy = parsed
-        rules, secrets = parsed.summary()
-        return wit.Summary(rules, secrets)
+        rules, secrets, rule_ids = parsed.summary()
+        return wit.Summary(rules, secrets, rule_ids)
 
     def decide(self, req: wit.Request, headers: request_headers.Headers) -> wit.Verdict:
         if _policy is None:
-            return wit.Verdict_Deny(wit.Denial(500, "policy not configured", None))
+            return wit.Verdict_Deny(wit.Denial(500, "policy not configured", None, [], []))
         return _to_wit(_policy.decide(_from_wit(req), headers.get))
+
+    def decide_body(
+        self, req: wit.Request, headers: request_headers.Headers, body: request_body.Body
+    ) -> wit.Verdict:
+        # This policy never answers need-body, so the proxy never calls this; if it
+        # did, the head decision stands.
+        return self.decide(req, headers)
 
 
 def _from_wit(req: wit.Request) -> policy.Request:
@@ -63,11 +70,11 @@ def _from_wit(req: wit.Request) -> policy.Request:
 
 def _to_wit(verdict: policy.Verdict) -> wit.Verdict:
     if isinstance(verdict, policy.Allow):
-        return wit.Verdict_Allow(wit.Allowance(verdict.rule))
+        return wit.Verdict_Allow(wit.Allowance(verdict.rule, []))
     if isinstance(verdict, policy.Deny):
-        return wit.Verdict_Deny(wit.Denial(verdict.status, verdict.reason, verdict.rule))
+        return wit.Verdict_Deny(wit.Denial(verdict.status, verdict.reason, verdict.rule, [], []))
     headers = [wit.InjectedHeader(name, [_part_to_wit(part) for part in parts]) for name, parts in verdict.headers]
-    return wit.Verdict_Inject(wit.Injection(headers, verdict.rule))
+    return wit.Verdict_Inject(wit.Injection(headers, verdict.rule, []))
 
 
 def _part_to_wit(part) -> wit.Part:

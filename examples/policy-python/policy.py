@@ -117,9 +117,15 @@ class Policy:
         return Policy(max_upload_bytes, hosts)
 
     def summary(self) -> tuple:
-        """(rules, secrets) for `configure`: one rule per host, every secret named."""
+        """(rules, secrets, rule ids) for `configure`: one rule per host, every secret
+        named, and every rule id a verdict may carry (each host, and each host + token
+        prefix)."""
         secrets = sorted({secret for host in self.hosts.values() for _, secret in host.tokens})
-        return len(self.hosts), secrets
+        rule_ids = sorted(
+            [name for name in self.hosts]
+            + [f"{name}{prefix}" for name, host in self.hosts.items() for prefix, _ in host.tokens]
+        )
+        return len(self.hosts), secrets, rule_ids
 
     def decide(self, req: Request, get_header: GetHeader) -> Verdict:
         """Decide one request. Reads only `content-length`, and only for requests that

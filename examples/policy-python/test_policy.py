@@ -110,7 +110,8 @@ class DecideTest(unittest.TestCase):
 
 class ConfigureTest(unittest.TestCase):
     def test_the_summary_declares_every_secret(self):
-        rules, secrets = Policy.parse(DOCUMENT).summary()
+        rules, secrets, rule_ids = Policy.parse(DOCUMENT).summary()
+        self.assertIn("pypi.org", rule_ids)
         self.assertEqual(rules, 2)
         self.assertEqual(secrets, ["GH_ACME_TOKEN", "GH_LABS_TOKEN", "GH_SECRET_TOKEN"])
 

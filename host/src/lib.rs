@@ -7,6 +7,8 @@
 //!   only parses and calls in here.
 //! - [`guard`]: the upstream address guard (no private, loopback, link-local/metadata
 //!   or other non-public addresses unless allowed; never the proxy's own listeners).
+//! - [`inspect`]: request bodies for the policy's body phase: limits, content codings,
+//!   and the decoded bytes `decide-body` sees (bomb-capped); shared by the proxy and the CLI.
 //! - [`metrics`]: Prometheus metrics (recorded by the data plane, read at scrape time
 //!   from the runtime, the reloader and the proxy).
 //! - [`policy`]: the policy runtime: one wasmtime engine with an epoch ticker, the
@@ -32,6 +34,7 @@ pub mod admin;
 pub mod cases;
 pub mod cli;
 pub mod guard;
+pub mod inspect;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -44,6 +44,7 @@ impl wit::Guest for Policy {
                 Ok(wit::Summary {
                     rules: summary.rules,
                     secrets: summary.secrets,
+                    rule_ids: summary.rule_ids,
                 })
             }
             Err(error) => {
@@ -55,17 +56,31 @@ impl wit::Guest for Policy {
 
     /// The default policy decides on the request line alone; it never reads headers.
     fn decide(request: wit::Request, _headers: &wit::Headers) -> wit::Verdict {
-        let slot = ROUTES.lock().unwrap_or_else(PoisonError::into_inner);
-        let verdict = match slot.as_ref() {
-            Some(routes) => routes.decide(&from_wit(request)),
-            None => Verdict::Deny {
-                status: NOT_CONFIGURED,
-                reason: "policy not configured".to_owned(),
-                rule: None,
-            },
-        };
-        to_wit(verdict)
+        decide(request)
     }
+
+    /// The default policy never answers `need-body`, so the host never calls this; if
+    /// it did, the head decision stands.
+    fn decide_body(
+        request: wit::Request,
+        _headers: &wit::Headers,
+        _body: &wit::Body,
+    ) -> wit::Verdict {
+        decide(request)
+    }
+}
+
+fn decide(request: wit::Request) -> wit::Verdict {
+    let slot = ROUTES.lock().unwrap_or_else(PoisonError::into_inner);
+    let verdict = match slot.as_ref() {
+        Some(routes) => routes.decide(&from_wit(request)),
+        None => Verdict::Deny {
+            status: NOT_CONFIGURED,
+            reason: "policy not configured".to_owned(),
+            rule: None,
+        },
+    };
+    to_wit(verdict)
 }
 
 export!(Policy);
@@ -105,7 +120,10 @@ fn from_wit(request: wit::Request) -> Request {
 
 fn to_wit(verdict: Verdict) -> wit::Verdict {
     match verdict {
-        Verdict::Allow { rule } => wit::Verdict::Allow(wit::Allowance { rule }),
+        Verdict::Allow { rule } => wit::Verdict::Allow(wit::Allowance {
+            rule,
+            annotations: Vec::new(),
+        }),
         Verdict::Deny {
             status,
             reason,
@@ -114,10 +132,13 @@ fn to_wit(verdict: Verdict) -> wit::Verdict {
             status,
             reason,
             rule,
+            headers: Vec::new(),
+            annotations: Vec::new(),
         }),
         Verdict::Inject { headers, rule } => wit::Verdict::Inject(wit::Injection {
             headers: headers.into_iter().map(header_to_wit).collect(),
             rule,
+            annotations: Vec::new(),
         }),
     }
 }

@@ -30,6 +30,8 @@ pub struct Summary {
     pub rules: u32,
     /// Every secret name a verdict may reference, sorted, without duplicates.
     pub secrets: Vec<String>,
+    /// Every rule id, in document order (a route's id is its normalised host).
+    pub rule_ids: Vec<String>,
 }
 
 /// One route of the document.
@@ -158,6 +160,7 @@ impl Routes {
         Summary {
             rules: u32::try_from(self.routes.len()).unwrap_or(u32::MAX),
             secrets: secrets.into_iter().map(str::to_owned).collect(),
+            rule_ids: self.routes.iter().map(|route| route.rule.clone()).collect(),
         }
     }
 

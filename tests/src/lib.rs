@@ -16,10 +16,12 @@ use std::sync::Arc;
 use egress_proxy::policy::{Generation, Request, Runtime, RuntimeConfig, Scheme};
 use egress_proxy::secrets::{SecretSource, SecretValue};
 
-/// The `misbehave` fixture: behaviour chosen by the request host (see
-/// `tests/fixtures/misbehave`).
+/// The `misbehave` fixture (built against the 0.1.0 contract): behaviour chosen by
+/// the request host (see `tests/fixtures/misbehave`).
 pub const MISBEHAVE_WASM: &str = env!("FIXTURE_MISBEHAVE_WASM");
-/// A guest built against `egress:policy@0.2.0`.
+/// The `body` fixture (0.2.0): bodies, state, annotations (see `tests/fixtures/body`).
+pub const BODY_WASM: &str = env!("FIXTURE_BODY_WASM");
+/// A guest built against `egress:policy@0.3.0`, which no host speaks.
 pub const WRONG_VERSION_WASM: &str = env!("FIXTURE_WRONG_VERSION_WASM");
 
 /// Secrets from a map, so tests need not touch the process environment.

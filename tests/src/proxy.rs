@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use egress_proxy::guard::AddressGuard;
 use egress_proxy::policy::{Generation, Runtime};
-use egress_proxy::proxy::{Limits, Proxy, ProxyConfig, UpstreamConfig};
+use egress_proxy::proxy::{InspectConfig, Limits, Proxy, ProxyConfig, UpstreamConfig};
 use egress_proxy::routes::RoutesDocument;
 use egress_proxy::tls::CertificateAuthority;
 use ipnet::IpNet;
@@ -50,6 +50,12 @@ pub struct ProxyOptions {
     pub allow_upstream_cidr: Vec<IpNet>,
     /// Resource limits.
     pub limits: Limits,
+    /// The policy module; `None` is the built-in policy.
+    pub policy: Option<PathBuf>,
+    /// Dial these `(host, port)` pairs at these addresses instead of resolving them.
+    pub connect_to: std::collections::HashMap<(String, u16), SocketAddr>,
+    /// The body phase's limits.
+    pub inspect: InspectConfig,
 }
 
 impl ProxyOptions {
@@ -64,7 +70,22 @@ impl ProxyOptions {
             drain_timeout: Duration::from_secs(10),
             allow_upstream_cidr: vec![IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))],
             limits: Limits::default(),
+            policy: None,
+            connect_to: std::collections::HashMap::new(),
+            inspect: InspectConfig::default(),
         }
+    }
+
+    /// Dial `host:port` at `addr` (the test upstream) instead of resolving `host`.
+    pub fn connect_to(mut self, host: &str, port: u16, addr: SocketAddr) -> Self {
+        self.connect_to.insert((host.to_owned(), port), addr);
+        self
+    }
+
+    /// Use this policy module instead of the built-in one.
+    pub fn policy(mut self, path: &str) -> Self {
+        self.policy = Some(PathBuf::from(path));
+        self
     }
 
     /// Add a secret.
@@ -85,7 +106,7 @@ pub struct TestProxy {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     publish: watch::Sender<Arc<Generation>>,
-    runtime: Runtime,
+    _runtime: Runtime,
     secrets: MapSecrets,
     _dir: tempfile::TempDir,
 }
@@ -107,7 +128,10 @@ impl TestProxy {
             RoutesDocument::from_bytes(options.routes.as_bytes(), Path::new("routes.yaml"))
                 .expect("routes parse");
         let runtime = crate::test_runtime();
-        let module = runtime.load_builtin().expect("built-in policy");
+        let module = match &options.policy {
+            Some(path) => runtime.load_file(path).expect("policy module loads"),
+            None => runtime.load_builtin().expect("built-in policy"),
+        };
         let generation = Arc::new(
             module
                 .configure(&routes.json, Arc::new(options.secrets.clone()))
@@ -125,10 +149,12 @@ impl TestProxy {
                 connect_timeout: Duration::from_secs(5),
                 response_timeout: options.response_timeout,
                 guard: Arc::new(AddressGuard::new(options.allow_upstream_cidr.clone())),
+                connect_to: options.connect_to.clone(),
                 ..UpstreamConfig::default()
             },
             drain_timeout: options.drain_timeout,
             limits: options.limits.clone(),
+            inspect: options.inspect.clone(),
             ..ProxyConfig::default()
         };
         let proxy = Proxy::new(config, policy, Arc::new(ca)).expect("proxy");
@@ -147,7 +173,7 @@ impl TestProxy {
             stop: Some(stop),
             task: Some(task),
             publish,
-            runtime,
+            _runtime: runtime,
             secrets: options.secrets,
             _dir: dir,
         }
@@ -173,7 +199,8 @@ impl TestProxy {
     pub fn reload(&self, routes: &str) {
         let routes = RoutesDocument::from_bytes(routes.as_bytes(), Path::new("routes.yaml"))
             .expect("routes parse");
-        let module = self.runtime.load_builtin().expect("built-in policy");
+        // The serving generation's module, with the new routes (a routes reload).
+        let module = self.publish.borrow().module().clone();
         let number = self.publish.borrow().number() + 1;
         let generation = module
             .configure(&routes.json, Arc::new(self.secrets.clone()))

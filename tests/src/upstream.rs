@@ -5,8 +5,8 @@
 //! own [`TestCa`]) or plain TCP. Every request is recorded as a [`Seen`] before it is
 //! handled (unless [`UpstreamOptions::record_requests`] is off). Endpoints:
 //!
-//! - `/echo`, `/echo/...`: the request (method, path, version, headers, body length)
-//!   as JSON.
+//! - `/echo`, `/echo/...`: the request (method, path, version, headers, body length
+//!   and SHA-256) as JSON.
 //! - `/sse?events=N` (default 3): a server-sent event stream; event 0 is sent at once,
 //!   each further one waits for a permit from [`Upstream::release_sse`].
 //! - `/ws`: WebSocket echo over an HTTP/1.1 Upgrade.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use egress_proxy::policy::{Decision, DenyKind, PolicyError, PolicyStats, Verdict};
+use egress_proxy::policy::{Decision, DenyKind, Head, PolicyError, PolicyStats, Verdict};
 use egress_proxy_tests::{MapSecrets, WRONG_VERSION_WASM, get, misbehave, test_runtime};
 
 const ROUTES: &str = r#"{"mode":"ok"}"#;
@@ -24,7 +24,8 @@ fn assert_still_serving(generation: &egress_proxy::policy::Generation) {
     assert_eq!(
         generation.evaluate(&get("fine.test")),
         Verdict::Allow {
-            rule: Some("fixture".into())
+            rule: Some("fixture".into()),
+            annotations: Vec::new(),
         }
     );
 }
@@ -89,16 +90,19 @@ fn configure_runs_once_per_instance_not_per_request() {
 }
 
 #[test]
-fn wrong_wit_version_is_refused_naming_both_versions() {
+fn wrong_wit_version_is_refused_naming_every_version_spoken() {
     let runtime = test_runtime();
     let serving = misbehave(&runtime, ROUTES, MapSecrets::default());
     let err = runtime
         .load_file(Path::new(WRONG_VERSION_WASM))
-        .expect_err("a 0.2.0 guest must be refused");
+        .expect_err("a 0.3.0 guest must be refused");
     assert!(matches!(err, PolicyError::WrongVersion { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("egress:policy@0.2.0"), "{msg}");
-    assert!(msg.contains("egress:policy@0.1.0"), "{msg}");
+    assert!(msg.contains("built against egress:policy@0.3.0"), "{msg}");
+    assert!(
+        msg.contains("speaks egress:policy@0.2.0 or @0.1.0"),
+        "{msg}"
+    );
     // A failed load leaves what was already serving untouched.
     assert_still_serving(&serving);
 }
@@ -193,7 +197,8 @@ fn declared_secret_is_resolved_by_the_host() {
         MapSecrets::with("FIXTURE_SECRET", "s3cret"),
     );
     match generation.decide(&get("secret.test")) {
-        Decision::Inject { headers, .. } => {
+        Head::NeedBody(need) => panic!("misbehave never asks for a body: {need:?}"),
+        Head::Decided(Decision::Inject { headers, .. }) => {
             assert_eq!(headers.len(), 1);
             assert_eq!(headers[0].0, "authorization");
             assert_eq!(headers[0].1, "Bearer s3cret");
@@ -212,7 +217,8 @@ fn missing_or_empty_secret_is_credential_unavailable() {
         let runtime = test_runtime();
         let generation = misbehave(&runtime, ROUTES, secrets);
         match generation.decide(&get("secret.test")) {
-            Decision::Deny(d) => {
+            Head::NeedBody(need) => panic!("misbehave never asks for a body: {need:?}"),
+            Head::Decided(Decision::Deny(d)) => {
                 assert_eq!(d.kind, DenyKind::CredentialUnavailable);
                 assert_eq!(d.status, 403);
                 assert!(d.reason.contains("credential unavailable"), "{}", d.reason);
@@ -231,7 +237,8 @@ fn secret_that_is_not_a_header_value_is_credential_unavailable() {
         MapSecrets::with("FIXTURE_SECRET", "a\r\nx-evil: 1"),
     );
     match generation.decide(&get("secret.test")) {
-        Decision::Deny(d) => assert_eq!(d.kind, DenyKind::CredentialUnavailable),
+        Head::NeedBody(need) => panic!("misbehave never asks for a body: {need:?}"),
+        Head::Decided(Decision::Deny(d)) => assert_eq!(d.kind, DenyKind::CredentialUnavailable),
         other => panic!("{other:?}"),
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use egress_proxy::policy::Decision;
+use egress_proxy::policy::{Decision, Head};
 use egress_proxy::reload::{self, Outcome, ReloadStatus, Reloader, Sources};
 use egress_proxy_tests::process::RunningProxy;
 use egress_proxy_tests::{MapSecrets, WRONG_VERSION_WASM, get, test_runtime};
@@ -52,7 +52,10 @@ fn start(sources: Sources) -> Running {
 
 fn allows(running: &Running, host: &str) -> bool {
     let generation = running.policy.borrow().clone();
-    matches!(generation.decide(&get(host)), Decision::Allow { .. })
+    matches!(
+        generation.decide(&get(host)),
+        Head::Decided(Decision::Allow { .. })
+    )
 }
 
 /// Wait until `count` reloads have been attempted (succeeded + failed); returns how

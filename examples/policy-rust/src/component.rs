@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 
-use crate::{InjectedHeader, Part, Policy, Request, Scheme, Verdict};
+use crate::{Body, InjectedHeader, Part, Policy, Request, Scheme, Verdict};
 
 // The path is relative to this crate's Cargo.toml. Copied out of the repository, point
 // it at your copy of `policy.wit` (e.g. `path: "wit"`).
@@ -34,6 +34,7 @@ impl wit::Guest for Component {
         Ok(wit::Summary {
             rules: summary.rules,
             secrets: summary.secrets,
+            rule_ids: summary.rule_ids,
         })
     }
 
@@ -41,13 +42,52 @@ impl wit::Guest for Component {
         let slot = POLICY.lock().unwrap_or_else(PoisonError::into_inner);
         let verdict = match slot.as_ref() {
             Some(policy) => policy.decide(&from_wit(request), &|name: &str| headers.get(name)),
-            None => Verdict::Deny {
-                status: 500,
-                reason: "policy not configured".to_owned(),
-                rule: None,
-            },
+            None => not_configured(),
         };
         to_wit(verdict)
+    }
+
+    fn decide_body(
+        request: wit::Request,
+        headers: &wit::Headers,
+        body: &wit::Body,
+    ) -> wit::Verdict {
+        let slot = POLICY.lock().unwrap_or_else(PoisonError::into_inner);
+        let verdict = match slot.as_ref() {
+            Some(policy) => policy.decide_body(
+                &from_wit(request),
+                &|name: &str| headers.get(name),
+                &HeldBody(body),
+            ),
+            None => not_configured(),
+        };
+        to_wit(verdict)
+    }
+}
+
+/// The proxy's body resource as the crate's [`Body`].
+struct HeldBody<'a>(&'a wit::Body);
+
+impl Body for HeldBody<'_> {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn complete(&self) -> bool {
+        self.0.complete()
+    }
+
+    fn read(&self, offset: u64, max: u32) -> Vec<u8> {
+        self.0.read(offset, max)
+    }
+}
+
+fn not_configured() -> Verdict {
+    Verdict::Deny {
+        status: 500,
+        reason: "policy not configured".to_owned(),
+        rule: None,
+        annotations: Vec::new(),
     }
 }
 
@@ -79,19 +119,33 @@ fn from_wit(request: wit::Request) -> Request {
 
 fn to_wit(verdict: Verdict) -> wit::Verdict {
     match verdict {
-        Verdict::Allow { rule } => wit::Verdict::Allow(wit::Allowance { rule }),
+        Verdict::Allow { rule } => wit::Verdict::Allow(wit::Allowance {
+            rule,
+            annotations: Vec::new(),
+        }),
         Verdict::Deny {
             status,
             reason,
             rule,
+            annotations,
         } => wit::Verdict::Deny(wit::Denial {
             status,
             reason,
             rule,
+            headers: Vec::new(),
+            annotations: annotations
+                .into_iter()
+                .map(|(key, value)| wit::Annotation { key, value })
+                .collect(),
+        }),
+        Verdict::NeedBody { max_bytes } => wit::Verdict::NeedBody(wit::BodyNeed {
+            max_bytes,
+            prefix: false,
         }),
         Verdict::Inject { headers, rule } => wit::Verdict::Inject(wit::Injection {
             headers: headers.into_iter().map(header_to_wit).collect(),
             rule,
+            annotations: Vec::new(),
         }),
     }
 }

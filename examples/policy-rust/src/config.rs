@@ -24,6 +24,8 @@ pub(crate) struct Host {
     pub(crate) uploads: bool,
     /// (path prefix, secret name), longest prefix first.
     pub(crate) tokens: Vec<(String, String)>,
+    /// Top-level fields a JSON upload body must not have (empty: bodies not read).
+    pub(crate) forbidden_fields: Vec<String>,
 }
 
 /// What `configure` reports to the proxy.
@@ -33,6 +35,8 @@ pub struct Summary {
     pub rules: u32,
     /// Every secret `decide` may reference, sorted; the proxy resolves only these.
     pub secrets: Vec<String>,
+    /// The rule ids verdicts name: each host, and each `host/prefix/` with a token.
+    pub rule_ids: Vec<String>,
 }
 
 /// The document as written; `deny_unknown_fields` turns a typo into an error instead
@@ -53,6 +57,8 @@ struct HostEntry {
     uploads: bool,
     #[serde(default)]
     tokens: BTreeMap<String, String>,
+    #[serde(default)]
+    forbidden_fields: Vec<String>,
 }
 
 fn default_max_upload_bytes() -> u64 {
@@ -79,9 +85,15 @@ impl Policy {
             }
             // Longest prefix first, so the first match is the most specific one.
             tokens.sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            if !entry.forbidden_fields.is_empty() && !entry.uploads {
+                return Err(format!(
+                    "host `{name}`: `forbidden_fields` needs `uploads: true` (only uploads have bodies to check)"
+                ));
+            }
             let host = Host {
                 uploads: entry.uploads,
                 tokens,
+                forbidden_fields: entry.forbidden_fields,
             };
             if hosts.insert(name.clone(), host).is_some() {
                 return Err(format!("host `{name}` is listed twice"));
@@ -100,9 +112,21 @@ impl Policy {
             .values()
             .flat_map(|host| host.tokens.iter().map(|(_, secret)| secret.as_str()))
             .collect();
+        let rule_ids = self
+            .hosts
+            .iter()
+            .flat_map(|(name, host)| {
+                std::iter::once(name.clone()).chain(
+                    host.tokens
+                        .iter()
+                        .map(move |(prefix, _)| format!("{name}{prefix}")),
+                )
+            })
+            .collect();
         Summary {
             rules: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
             secrets: secrets.into_iter().map(str::to_owned).collect(),
+            rule_ids,
         }
     }
 }

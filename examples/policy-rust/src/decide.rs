@@ -43,6 +43,35 @@ impl<F: Fn(&str) -> Vec<String>> Headers for F {
     }
 }
 
+/// The request body the proxy held, read in slices (in the component, calls to the
+/// proxy). A byte slice is one (a complete body), which keeps tests short.
+pub trait Body {
+    /// How many bytes are held.
+    fn len(&self) -> u64;
+    /// Whether they are the whole body.
+    fn complete(&self) -> bool;
+    /// Up to `max` bytes from `offset`.
+    fn read(&self, offset: u64, max: u32) -> Vec<u8>;
+}
+
+impl Body for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn complete(&self) -> bool {
+        true
+    }
+
+    fn read(&self, offset: u64, max: u32) -> Vec<u8> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(<[u8]>::len(self));
+        let end = start.saturating_add(max as usize).min(<[u8]>::len(self));
+        self[start..end].to_vec()
+    }
+}
+
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -59,6 +88,13 @@ pub enum Verdict {
         reason: String,
         /// The rule that denied it, if one matched.
         rule: Option<String>,
+        /// Notes for the proxy's access log, e.g. the forbidden field found.
+        annotations: Vec<(String, String)>,
+    },
+    /// Hold the request and call `decide_body` with (at most) this many bytes of it.
+    NeedBody {
+        /// How many bytes.
+        max_bytes: u64,
     },
     /// Forward it with these headers set (replacing any the client sent).
     Inject {
@@ -87,12 +123,83 @@ pub enum Part {
     Secret(String),
 }
 
+/// Slice size for reading a body.
+const SLICE: u32 = 16 * 1024;
+
 impl Policy {
     /// Decide one request. Reads only the `content-length` header, and only for
-    /// requests that got past the host, port and method checks.
+    /// requests that got past the host, port and method checks. An upload to a host
+    /// with `forbidden_fields` needs its body: `NeedBody`.
     pub fn decide(&self, req: &Request, headers: &impl Headers) -> Verdict {
+        let host = match self.check_head(req, headers) {
+            Ok(host) => host,
+            Err(verdict) => return verdict,
+        };
+        if req.method != "CONNECT" && !host.forbidden_fields.is_empty() && is_upload(req) {
+            return Verdict::NeedBody {
+                max_bytes: self.max_upload_bytes,
+            };
+        }
+        self.credentials(req, host)
+    }
+
+    /// Decide a request `decide` wanted the body of: the body must be a JSON value
+    /// without a forbidden top-level field; then the head decision goes on.
+    pub fn decide_body(
+        &self,
+        req: &Request,
+        headers: &impl Headers,
+        body: &(impl Body + ?Sized),
+    ) -> Verdict {
+        let host = match self.check_head(req, headers) {
+            Ok(host) => host,
+            Err(verdict) => return verdict,
+        };
+        let rule = Some(req.host.clone());
+        if !body.complete() {
+            return deny(413, "the body is too large to check".to_owned(), rule);
+        }
+        let mut bytes = Vec::new();
+        while (bytes.len() as u64) < body.len() {
+            let slice = body.read(bytes.len() as u64, SLICE);
+            if slice.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&slice);
+        }
+        let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(value) => value,
+            Err(e) => {
+                return deny(400, format!("the body is not valid JSON: {e}"), rule);
+            }
+        };
+        if let Some(object) = value.as_object()
+            && let Some(field) = host
+                .forbidden_fields
+                .iter()
+                .find(|f| object.contains_key(*f))
+        {
+            return Verdict::Deny {
+                status: 403,
+                reason: format!(
+                    "field `{field}` is not allowed in bodies sent to `{}`",
+                    req.host
+                ),
+                rule,
+                annotations: vec![("field".to_owned(), field.clone())],
+            };
+        }
+        self.credentials(req, host)
+    }
+
+    /// Host, port, method and size: `Ok` with the host's rules if they pass.
+    fn check_head(&self, req: &Request, headers: &impl Headers) -> Result<&Host, Verdict> {
         let Some(host) = self.hosts.get(&req.host) else {
-            return deny(403, format!("host `{}` is not allowed", req.host), None);
+            return Err(deny(
+                403,
+                format!("host `{}` is not allowed", req.host),
+                None,
+            ));
         };
         let rule = Some(req.host.clone());
         let default_port = match req.scheme {
@@ -104,14 +211,14 @@ impl Policy {
                 "port {} is not allowed for `{}`; only {default_port}",
                 req.port, req.host
             );
-            return deny(403, reason, rule);
+            return Err(deny(403, reason, rule));
         }
         // A tunnel is decided on host and port; each request inside it comes next.
         if req.method == "CONNECT" {
-            return Verdict::Allow { rule };
+            return Ok(host);
         }
 
-        let upload = matches!(&*req.method, "POST" | "PUT" | "PATCH");
+        let upload = is_upload(req);
         if !(matches!(&*req.method, "GET" | "HEAD") || upload && host.uploads) {
             let allowed = if host.uploads {
                 "GET, HEAD, POST, PUT and PATCH"
@@ -122,12 +229,20 @@ impl Policy {
                 "method {} is not allowed for `{}`; only {allowed}",
                 req.method, req.host
             );
-            return deny(405, reason, rule);
+            return Err(deny(405, reason, rule));
         }
         if let Some(denial) = self.check_size(req, headers, upload) {
-            return denial;
+            return Err(denial);
         }
+        Ok(host)
+    }
 
+    /// Allow, or inject the token of the path's prefix (over https only).
+    fn credentials(&self, req: &Request, host: &Host) -> Verdict {
+        let rule = Some(req.host.clone());
+        if req.method == "CONNECT" {
+            return Verdict::Allow { rule };
+        }
         match token_for(host, &req.path) {
             None => Verdict::Allow { rule },
             Some((prefix, _)) if req.scheme == Scheme::Http => {
@@ -194,10 +309,15 @@ fn token_for<'a>(host: &'a Host, path: &str) -> Option<(&'a str, &'a str)> {
         .map(|(prefix, secret)| (prefix.as_str(), secret.as_str()))
 }
 
+fn is_upload(req: &Request) -> bool {
+    matches!(&*req.method, "POST" | "PUT" | "PATCH")
+}
+
 fn deny(status: u16, reason: String, rule: Option<String>) -> Verdict {
     Verdict::Deny {
         status,
         reason,
         rule,
+        annotations: Vec::new(),
     }
 }

@@ -11,13 +11,17 @@
 //!     tokens:                      # path prefix → secret, as `authorization: Bearer …`
 //!       /repos/acme/: GH_ACME_TOKEN
 //!       /repos/acme-labs/: GH_LABS_TOKEN
+//!     forbidden_fields: [admin]    # a JSON upload body must not have these fields
 //! ```
 //!
 //! What it decides, in order (`decide.rs`): an unlisted host is denied (403); a port
 //! other than the scheme's default is denied (403); a CONNECT to a listed host is
 //! allowed; a method other than GET and HEAD (or POST, PUT and PATCH on an `uploads`
 //! host) is denied (405); an upload without `content-length` is denied (411) and a
-//! body over `max_upload_bytes` is denied (413); a path under a token prefix (the
+//! body over `max_upload_bytes` is denied (413); an upload to a host with
+//! `forbidden_fields` needs its body (`NeedBody`, answered through `decide_body`),
+//! which must be JSON (else 400) without those top-level fields (else 403, with the
+//! field as an annotation); a path under a token prefix (the
 //! longest one wins) gets that token injected, over HTTPS only; anything else is
 //! allowed.
 //!
@@ -48,4 +52,4 @@ mod config;
 mod decide;
 
 pub use config::{DEFAULT_MAX_UPLOAD_BYTES, Policy, Summary};
-pub use decide::{Headers, InjectedHeader, Part, Request, Scheme, Verdict};
+pub use decide::{Body, Headers, InjectedHeader, Part, Request, Scheme, Verdict};

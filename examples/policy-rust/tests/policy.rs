@@ -11,7 +11,8 @@ const DOCUMENT: &str = r#"{
             "/repos/acme/": "GH_ACME_TOKEN",
             "/repos/acme/secret-project/": "GH_SECRET_TOKEN",
             "/repos/acme-labs/": "GH_LABS_TOKEN"
-        }}
+        }},
+        {"host": "api.example.com", "uploads": true, "forbidden_fields": ["admin"]}
     ]
 }"#;
 
@@ -200,12 +201,22 @@ fn the_summary_declares_every_secret() {
     assert_eq!(
         policy().summary(),
         Summary {
-            rules: 2,
+            rules: 3,
             secrets: vec![
                 "GH_ACME_TOKEN".to_owned(),
                 "GH_LABS_TOKEN".to_owned(),
                 "GH_SECRET_TOKEN".to_owned(),
             ],
+            rule_ids: [
+                "api.example.com",
+                "api.github.com",
+                "api.github.com/repos/acme/secret-project/",
+                "api.github.com/repos/acme-labs/",
+                "api.github.com/repos/acme/",
+                "pypi.org",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     );
 }
@@ -235,6 +246,10 @@ fn bad_documents_are_rejected_with_a_reason() {
             r#"{"hosts": [{"host": "a.example", "tokens": {"/x/": "GH-PAT"}}]}"#,
             "secret name `GH-PAT`",
         ),
+        (
+            r#"{"hosts": [{"host": "a.example", "forbidden_fields": ["admin"]}]}"#,
+            "needs `uploads: true`",
+        ),
     ];
     for (document, expected) in cases {
         let error = Policy::parse(document).unwrap_err();
@@ -249,4 +264,66 @@ fn an_empty_host_list_denies_everything() {
         denied(policy.decide(&request("GET", "pypi.org", "/"), &no_headers)),
         403
     );
+}
+
+#[test]
+fn uploads_to_a_checked_host_need_the_body_and_reads_do_not() {
+    let policy = policy();
+    let post = request("POST", "api.example.com", "/v1/items");
+    assert_eq!(
+        policy.decide(&post, &content_length("20")),
+        Verdict::NeedBody { max_bytes: 1000 }
+    );
+    let get = request("GET", "api.example.com", "/v1/items");
+    assert_eq!(policy.decide(&get, &no_headers), allow("api.example.com"));
+    // The head checks still come first: an oversized upload never gets that far.
+    assert_eq!(denied(policy.decide(&post, &content_length("5000"))), 413);
+}
+
+#[test]
+fn a_json_body_with_a_forbidden_field_is_refused_with_the_field_noted() {
+    let policy = policy();
+    let post = request("POST", "api.example.com", "/v1/items");
+    let headers = content_length("40");
+    let ok: &[u8] = br#"{"name": "widget", "admin_notes": "x"}"#;
+    assert_eq!(
+        policy.decide_body(&post, &headers, ok),
+        allow("api.example.com")
+    );
+    let bad: &[u8] = br#"{"name": "widget", "admin": true}"#;
+    match policy.decide_body(&post, &headers, bad) {
+        Verdict::Deny {
+            status,
+            annotations,
+            ..
+        } => {
+            assert_eq!(status, 403);
+            assert_eq!(annotations, vec![("field".to_owned(), "admin".to_owned())]);
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let not_json: &[u8] = b"admin=true";
+    assert_eq!(denied(policy.decide_body(&post, &headers, not_json)), 400);
+}
+
+/// A body the proxy held only in part.
+struct Partial;
+
+impl example_policy::Body for Partial {
+    fn len(&self) -> u64 {
+        2
+    }
+    fn complete(&self) -> bool {
+        false
+    }
+    fn read(&self, _offset: u64, _max: u32) -> Vec<u8> {
+        b"{}".to_vec()
+    }
+}
+
+#[test]
+fn a_body_the_proxy_could_not_hold_whole_is_refused() {
+    let post = request("POST", "api.example.com", "/v1/items");
+    let verdict = policy().decide_body(&post, &content_length("2"), &Partial);
+    assert_eq!(denied(verdict), 413);
 }

@@ -81,6 +81,13 @@ pub enum PolicyCommand {
         /// The client address the policy sees (`ip:port`).
         #[arg(long, env = "EGRESS_PROXY_EVAL_CLIENT", default_value_t = crate::cases::LOCAL_CLIENT)]
         client: std::net::SocketAddr,
+        /// The request body, as text (for a policy that reads bodies).
+        #[arg(long, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// The request body, from a file (sent as is: give `-H 'content-encoding: gzip'`
+        /// for a gzip file).
+        #[arg(long)]
+        data_file: Option<PathBuf>,
         /// Request method (`CONNECT` decides a tunnel).
         method: String,
         /// Absolute URL, or `host:port` for `CONNECT`.
@@ -120,6 +127,15 @@ pub struct LimitArgs {
     #[arg(long, env = "EGRESS_PROXY_POLICY_TIMEOUT", value_parser = humantime::parse_duration,
           default_value = "100ms")]
     pub policy_timeout: Duration,
+    /// Bound on one decide-body() call (e.g. `250ms`); a call over it is denied.
+    #[arg(long, env = "EGRESS_PROXY_POLICY_BODY_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "250ms")]
+    pub policy_body_timeout: Duration,
+    /// Most bytes of a request body held for one body decision, however many the
+    /// policy asks for (e.g. `1MiB` written as bytes: 1048576). A body the policy needs
+    /// whole that is longer is refused with 413.
+    #[arg(long, env = "EGRESS_PROXY_MAX_INSPECT_BODY", default_value_t = crate::inspect::DEFAULT_MAX_INSPECT_BODY)]
+    pub max_inspect_body: u64,
     /// Bound on one configure() call (e.g. `10s`).
     #[arg(long, env = "EGRESS_PROXY_POLICY_CONFIGURE_TIMEOUT", value_parser = humantime::parse_duration,
           default_value = "10s")]
@@ -142,11 +158,13 @@ impl LimitArgs {
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             decide_timeout: self.policy_timeout,
+            decide_body_timeout: self.policy_body_timeout,
             configure_timeout: self.policy_configure_timeout,
             // At most 4096 MiB (the parser's range), so this fits in usize on 64-bit.
             memory_limit: usize::try_from(self.policy_memory_mib << 20).unwrap_or(usize::MAX),
             instance_slots: self.policy_instance_slots,
             max_idle_instances: self.policy_idle_instances.max(1),
+            ..RuntimeConfig::default()
         }
     }
 }
@@ -204,6 +222,7 @@ mod tests {
         let from_flags = limits(&[]);
         let defaults = RuntimeConfig::default();
         assert_eq!(from_flags.decide_timeout, defaults.decide_timeout);
+        assert_eq!(from_flags.decide_body_timeout, defaults.decide_body_timeout);
         assert_eq!(from_flags.configure_timeout, defaults.configure_timeout);
         assert_eq!(from_flags.memory_limit, defaults.memory_limit);
         assert_eq!(from_flags.instance_slots, defaults.instance_slots);

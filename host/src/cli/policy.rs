@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{PolicyArgs, PolicyCommand};
-use crate::cases::{CaseFile, request_for};
-use crate::policy::{Generation, Runtime, Verdict};
+use crate::cases::{CaseFile, evaluate, request_for};
+use crate::policy::{Clock, Generation, ManualClock, Runtime, Verdict};
 use crate::routes::RoutesDocument;
 use crate::secrets::{EnvSecrets, SecretSource};
 
@@ -20,9 +20,19 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             policy,
             headers,
             client,
+            data,
+            data_file,
             method,
             url,
-        } => eval(&policy, &headers, client, &method, &url),
+        } => {
+            let body = match (data, data_file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read --data-file {}", path.display()))?,
+                (None, None) => Vec::new(),
+            };
+            eval(&policy, &headers, client, &body, &method, &url)
+        }
         PolicyCommand::Test { policy, cases } => test(&policy, &cases),
     }
 }
@@ -31,12 +41,17 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
 struct Loaded {
     generation: Generation,
     routes: RoutesDocument,
-    _runtime: Runtime,
+    runtime: Runtime,
 }
 
-fn load(args: &PolicyArgs) -> Result<Loaded> {
+/// Load the module and routes. The policy state runs on a frozen clock (returned), so
+/// that case files decide the same way every time.
+fn load(args: &PolicyArgs) -> Result<(Loaded, Arc<ManualClock>)> {
     let routes = RoutesDocument::load(&args.routes)?;
-    let runtime = Runtime::new(args.limits.runtime_config())?;
+    let clock = Arc::new(ManualClock::default());
+    let mut config = args.limits.runtime_config();
+    config.clock = Clock::Manual(clock.clone());
+    let runtime = Runtime::new(config)?;
     let module = match &args.policy {
         Some(path) => runtime.load_file(path)?,
         None => runtime.load_builtin()?,
@@ -44,22 +59,26 @@ fn load(args: &PolicyArgs) -> Result<Loaded> {
     let generation = module
         .configure(&routes.json, Arc::new(EnvSecrets))
         .with_context(|| format!("{} with {}", module.origin(), routes.path.display()))?;
-    Ok(Loaded {
-        generation,
-        routes,
-        _runtime: runtime,
-    })
+    Ok((
+        Loaded {
+            generation,
+            routes,
+            runtime,
+        },
+        clock,
+    ))
 }
 
 fn check(args: &PolicyArgs) -> Result<ExitCode> {
-    let loaded = load(args)?;
+    let (loaded, _) = load(args)?;
     let module = loaded.generation.module();
     let summary = loaded.generation.summary();
     writeln!(
         std::io::stdout(),
-        "policy:  {} (sha256 {})",
+        "policy:  {} (sha256 {}, egress:policy@{})",
         module.origin(),
-        module.sha256()
+        module.sha256(),
+        module.contract()
     )?;
     writeln!(
         std::io::stdout(),
@@ -68,6 +87,13 @@ fn check(args: &PolicyArgs) -> Result<ExitCode> {
         loaded.routes.sha256
     )?;
     writeln!(std::io::stdout(), "rules:   {}", summary.rules)?;
+    if !summary.rule_ids.is_empty() {
+        writeln!(
+            std::io::stdout(),
+            "rule ids: {}",
+            summary.rule_ids.join(", ")
+        )?;
+    }
     let secrets: Vec<&str> = summary.secrets.iter().map(String::as_str).collect();
     writeln!(
         std::io::stdout(),
@@ -86,6 +112,7 @@ fn eval(
     args: &PolicyArgs,
     headers: &[String],
     client: std::net::SocketAddr,
+    body: &[u8],
     method: &str,
     url: &str,
 ) -> Result<ExitCode> {
@@ -95,8 +122,13 @@ fn eval(
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>>>()?;
     let request = request_for(method, url, headers, client)?;
-    let loaded = load(args)?;
-    let verdict = loaded.generation.evaluate(&request);
+    let (loaded, _) = load(args)?;
+    let verdict = evaluate(
+        &loaded.generation,
+        &request,
+        body,
+        args.limits.max_inspect_body,
+    );
     writeln!(std::io::stdout(), "{}", verdict_json(&verdict, &EnvSecrets))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -116,16 +148,27 @@ fn parse_header(text: &str) -> Result<(String, String)> {
 /// `missing_secrets` lists declared secrets that are unset here (the proxy would deny
 /// with "credential unavailable").
 pub fn verdict_json(verdict: &Verdict, secrets: &dyn SecretSource) -> Value {
-    match verdict {
-        Verdict::Allow { rule } => json!({ "verdict": "allow", "rule": rule }),
-        Verdict::Deny(d) => json!({
-            "verdict": "deny",
-            "status": d.status,
-            "reason": d.reason,
-            "rule": d.rule,
-            "source": d.kind.as_str(),
-        }),
-        Verdict::Inject { headers, rule } => {
+    let mut json = match verdict {
+        Verdict::Allow { rule, .. } => json!({ "verdict": "allow", "rule": rule }),
+        Verdict::Deny(d) => {
+            let headers: serde_json::Map<String, Value> = d
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.to_string(), Value::String(text))
+                })
+                .collect();
+            json!({
+                "verdict": "deny",
+                "status": d.status,
+                "reason": d.reason,
+                "rule": d.rule,
+                "source": d.kind.as_str(),
+                "response_headers": headers,
+            })
+        }
+        Verdict::Inject { headers, rule, .. } => {
             let mut missing: Vec<&str> = headers
                 .iter()
                 .flat_map(|h| h.value.secrets())
@@ -150,7 +193,14 @@ pub fn verdict_json(verdict: &Verdict, secrets: &dyn SecretSource) -> Value {
                 "missing_secrets": missing,
             })
         }
-    }
+    };
+    let annotations: serde_json::Map<String, Value> = verdict
+        .annotations()
+        .iter()
+        .map(|a| (a.key.clone(), Value::String(a.value.clone())))
+        .collect();
+    json["annotations"] = Value::Object(annotations);
+    json
 }
 
 fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
@@ -159,11 +209,17 @@ fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
         .iter()
         .map(|p| CaseFile::load(p).map(|f| (p, f)))
         .collect::<Result<Vec<_>, _>>()?;
-    let loaded = load(args)?;
+    let (loaded, clock) = load(args)?;
+    let max_body = args.limits.max_inspect_body;
     let (mut passed, mut failed) = (0usize, 0usize);
     for (path, file) in &files {
+        // Each file starts with empty rate-limit state.
+        loaded.runtime.state().clear();
         for case in &file.cases {
-            match case.run(&loaded.generation) {
+            if let Some(after) = case.after {
+                clock.advance(after);
+            }
+            match case.run(&loaded.generation, max_body) {
                 Ok(()) => {
                     passed += 1;
                     writeln!(std::io::stdout(), "PASS {}: {}", path.display(), case.name)?;

@@ -129,6 +129,15 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_PROXY_STREAM_WINDOW", default_value_t = Limits::default().stream_window,
           value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub stream_window: u32,
+    /// Bound on receiving the part of a request body the policy needs to see; over
+    /// it: 408.
+    #[arg(long, env = "EGRESS_PROXY_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "30s")]
+    pub body_read_timeout: Duration,
+    /// Memory budget, in bytes, for all request bodies held for the policy at once;
+    /// a body that would exceed it is answered 503 with `retry-after` (nothing waits).
+    #[arg(long, env = "EGRESS_PROXY_INSPECT_MEMORY", default_value_t = crate::inspect::DEFAULT_INSPECT_MEMORY)]
+    pub inspect_memory: u64,
     /// Worker threads serving requests. Default: one per CPU.
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -162,6 +171,11 @@ impl RunArgs {
                 idle_timeout: self.idle_timeout,
                 max_streams_per_connection: self.max_streams_per_connection.max(1),
                 stream_window: self.stream_window,
+            },
+            inspect: crate::proxy::InspectConfig {
+                max_body: self.policy.limits.max_inspect_body,
+                read_timeout: self.body_read_timeout,
+                memory: self.inspect_memory,
             },
             ..ProxyConfig::default()
         }
@@ -412,6 +426,10 @@ mod tests {
             UpstreamConfig::default().pool_idle_timeout
         );
         assert!(config.upstream.guard.allowed().is_empty());
+        let inspect = crate::proxy::InspectConfig::default();
+        assert_eq!(config.inspect.max_body, inspect.max_body);
+        assert_eq!(config.inspect.read_timeout, inspect.read_timeout);
+        assert_eq!(config.inspect.memory, inspect.memory);
     }
 
     #[test]

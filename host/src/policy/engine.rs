@@ -11,6 +11,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::state::{Clock, DEFAULT_STATE_KEYS, StateStore};
 use super::{PolicyError, PolicyStats};
 
 /// How often the epoch advances. Deadlines are whole ticks, so this is their
@@ -18,6 +19,8 @@ use super::{PolicyError, PolicyStats};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default bound on one `decide` call.
 pub const DEFAULT_DECIDE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default bound on one `decide-body` call (the guest may parse up to a MiB of body).
+pub const DEFAULT_DECIDE_BODY_TIMEOUT: Duration = Duration::from_millis(250);
 /// Default bound on one `configure` call (interpreted guests start slowly).
 pub const DEFAULT_CONFIGURE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default linear-memory limit per instance, in bytes (64 MiB).
@@ -35,6 +38,9 @@ pub struct RuntimeConfig {
     /// Wall-clock bound on one `decide` call (rounded up to whole 10 ms ticks).
     /// Default 100 ms.
     pub decide_timeout: Duration,
+    /// Wall-clock bound on one `decide-body` call (rounded up to whole 10 ms ticks).
+    /// Default 250 ms.
+    pub decide_body_timeout: Duration,
     /// Wall-clock bound on one `configure` call. Default 10 s.
     pub configure_timeout: Duration,
     /// Maximum linear memory per instance, in bytes. Default 64 MiB.
@@ -44,16 +50,24 @@ pub struct RuntimeConfig {
     pub instance_slots: u32,
     /// Idle configured instances kept per generation. Default 8.
     pub max_idle_instances: usize,
+    /// The clock the policy state (rate limits) reads. Default: real time.
+    pub clock: Clock,
+    /// Keys the policy state keeps, buckets and counters each. Default
+    /// [`DEFAULT_STATE_KEYS`].
+    pub state_keys: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             decide_timeout: DEFAULT_DECIDE_TIMEOUT,
+            decide_body_timeout: DEFAULT_DECIDE_BODY_TIMEOUT,
             configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             instance_slots: DEFAULT_INSTANCE_SLOTS,
             max_idle_instances: DEFAULT_MAX_IDLE,
+            clock: Clock::System,
+            state_keys: DEFAULT_STATE_KEYS,
         }
     }
 }
@@ -68,11 +82,13 @@ impl RuntimeConfig {
     }
 }
 
-/// What every policy [`Store`] holds: an empty WASI context and the limits.
+/// What every policy [`Store`] holds: an empty WASI context, the limits, and the
+/// runtime's shared policy state.
 pub struct StoreData {
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     limits: StoreLimits,
+    pub(super) state: Arc<StateStore>,
 }
 
 impl std::fmt::Debug for StoreData {
@@ -97,6 +113,7 @@ pub(crate) struct Shared {
     pub(crate) linker: Linker<StoreData>,
     pub(crate) config: RuntimeConfig,
     pub(crate) stats: Arc<PolicyStats>,
+    pub(crate) state: Arc<StateStore>,
     _ticker: EpochTicker,
 }
 
@@ -113,17 +130,19 @@ impl Shared {
         let engine = Engine::new(&engine_config(&config)).map_err(PolicyError::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::engine)?;
-        super::bindings::Policy::add_to_linker::<StoreData, wasmtime::component::HasSelf<StoreData>>(
-            &mut linker,
-            |data| data,
-        )
-        .map_err(PolicyError::engine)?;
+        type Data = wasmtime::component::HasSelf<StoreData>;
+        super::bindings::v2::Policy::add_to_linker::<StoreData, Data>(&mut linker, |data| data)
+            .map_err(PolicyError::engine)?;
+        super::bindings::v1::Policy::add_to_linker::<StoreData, Data>(&mut linker, |data| data)
+            .map_err(PolicyError::engine)?;
         let ticker = EpochTicker::start(&engine)?;
+        let state = Arc::new(StateStore::new(config.clock.clone(), config.state_keys));
         Ok(Self {
             engine,
             linker,
             config,
             stats: Arc::default(),
+            state,
             _ticker: ticker,
         })
     }
@@ -139,6 +158,7 @@ impl Shared {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
+            state: Arc::clone(&self.state),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);

@@ -4,17 +4,13 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use wasmtime::component::Resource;
-use wasmtime::{Store, Trap};
-
-use super::bindings::{Policy, wit};
-use super::engine::{RuntimeConfig, StoreData};
-use super::headers::RequestHeaders;
+use super::body::PolicyBody;
+use super::engine::RuntimeConfig;
+use super::instance::{Instance, RawSummary};
 use super::module::PolicyModule;
-use super::verdict::{Decision, Denial, DenyKind, Validator, Verdict};
-use super::{PolicyError, PolicyStats, Request, convert};
+use super::verdict::{Decision, Denial, DenyKind, Head, Validator, Verdict};
+use super::{PolicyError, PolicyStats, Request};
 use crate::secrets::{SecretSource, is_valid_name};
 
 /// What the policy reported about the routes document it accepted.
@@ -24,32 +20,25 @@ pub struct Summary {
     pub rules: u32,
     /// Secret names the policy may reference, sorted; the host resolves only these.
     pub secrets: BTreeSet<String>,
+    /// The rule ids the policy reported (empty for a 0.1.0 guest), in its order.
+    pub rule_ids: Vec<String>,
 }
 
-/// One configured instance: its store and the handles to its exports.
-struct Instance {
-    store: Store<StoreData>,
-    policy: Policy,
+/// Which guest call failed, for messages.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Head,
+    Body,
 }
 
-impl Instance {
-    /// Call `decide` under a fresh deadline. The headers are lent to the guest as a
-    /// resource for the call and taken back afterwards, so the instance keeps nothing
-    /// of this request; if they cannot be taken back the call counts as failed.
-    fn decide(&mut self, req: &Request, timeout: Duration) -> wasmtime::Result<wit::Verdict> {
-        self.store.set_epoch_deadline(RuntimeConfig::ticks(timeout));
-        let table = &mut self.store.data_mut().table;
-        let headers = table.push(RequestHeaders(Arc::clone(&req.headers)))?;
-        let result = self.policy.egress_policy_decider().call_decide(
-            &mut self.store,
-            convert::request(req),
-            Resource::new_borrow(headers.rep()),
-        );
-        self.store.data_mut().table.delete(headers)?;
-        result
+impl Phase {
+    fn export(self) -> &'static str {
+        match self {
+            Phase::Head => "decide()",
+            Phase::Body => "decide-body()",
+        }
     }
 }
-
 /// A module configured with one routes document. Build with
 /// [`PolicyModule::configure`]; share as `Arc<Generation>`.
 pub struct Generation {
@@ -81,7 +70,7 @@ impl PolicyModule {
         secrets: Arc<dyn SecretSource>,
     ) -> Result<Generation, PolicyError> {
         let routes: Arc<str> = Arc::from(routes_json);
-        let (instance, summary) = new_instance(self, &routes)?;
+        let (instance, summary) = Instance::start(self, &routes)?;
         let summary = check_summary(summary)?;
         Ok(Generation {
             module: Arc::clone(self),
@@ -128,7 +117,7 @@ impl Generation {
     pub fn prewarm(&self, count: usize) -> Result<(), PolicyError> {
         let count = count.min(self.config().max_idle_instances);
         while self.lock_idle().len() < count {
-            let (instance, _) = new_instance(&self.module, &self.routes)?;
+            let (instance, _) = Instance::start(&self.module, &self.routes)?;
             self.lock_idle().push(instance);
         }
         Ok(())
@@ -147,64 +136,141 @@ impl Generation {
         self.lock_idle().len()
     }
 
-    /// Ask the policy about one request and resolve the secrets it references: what
-    /// the proxy acts on. Never fails: any fault is a deny.
-    pub fn decide(&self, req: &Request) -> Decision {
-        self.evaluate(req).resolve(self.secrets.as_ref())
+    /// The head phase, secrets resolved: what the proxy acts on, or the body the
+    /// policy needs first. Never fails: any fault is a deny.
+    pub fn decide(&self, req: &Request) -> Head<Decision> {
+        match self.evaluate_head(req) {
+            Head::Decided(verdict) => Head::Decided(verdict.resolve(self.secrets.as_ref())),
+            Head::NeedBody(need) => Head::NeedBody(need),
+        }
     }
 
-    /// Ask the policy about one request; secret references stay unresolved (for
-    /// `policy eval` and `policy test`). A trap, a timeout or an unusable verdict
-    /// denies the request; a faulted instance is discarded and counted.
+    /// The body phase, secrets resolved.
+    pub fn decide_body(&self, req: &Request, body: &PolicyBody) -> Decision {
+        self.evaluate_body(req, body).resolve(self.secrets.as_ref())
+    }
+
+    /// Both phases for a request without a body: the head, then — if the policy asks
+    /// for the body — `decide-body` with an empty, complete one. Secret references
+    /// stay unresolved. (`cases::evaluate` decides a request with a body.)
     pub fn evaluate(&self, req: &Request) -> Verdict {
+        match self.evaluate_head(req) {
+            Head::Decided(verdict) => verdict,
+            Head::NeedBody(_) => {
+                self.evaluate_body(req, &PolicyBody::complete(bytes::Bytes::new()))
+            }
+        }
+    }
+
+    /// Ask the policy about one request's head; secret references stay unresolved (for
+    /// `policy eval` and `policy test`). A trap, a timeout or an unusable verdict
+    /// denies the request; a faulted instance is discarded and counted. `need-body` for
+    /// a CONNECT is refused: a tunnel has no body.
+    pub fn evaluate_head(&self, req: &Request) -> Head<Verdict> {
         PolicyStats::bump(&self.stats().decisions);
+        let timeout = self.config().decide_timeout;
+        match self.call(req, Phase::Head, |instance, validator| {
+            instance.decide(req, timeout, validator)
+        }) {
+            Head::NeedBody(_) if req.is_connect() => {
+                Head::Decided(self.invalid(req, "it asked for the body of a CONNECT"))
+            }
+            head => head,
+        }
+    }
+
+    /// Ask the policy about a request it wanted the body of; secret references stay
+    /// unresolved. Faults deny as in [`Generation::evaluate_head`]; `need-body` here
+    /// is an invalid verdict.
+    pub fn evaluate_body(&self, req: &Request, body: &PolicyBody) -> Verdict {
+        PolicyStats::bump(&self.stats().body_decisions);
+        let timeout = self.config().decide_body_timeout;
+        match self.call(req, Phase::Body, |instance, validator| {
+            instance.decide_body(req, body, timeout, validator)
+        }) {
+            Head::Decided(verdict) => verdict,
+            Head::NeedBody(_) => self.invalid(req, "decide-body answered need-body"),
+        }
+    }
+
+    /// Check out an instance, make one guest call on it, and check it back in; a
+    /// failed call discards the instance and denies.
+    fn call(
+        &self,
+        req: &Request,
+        phase: Phase,
+        guest: impl FnOnce(&mut Instance, &Validator<'_>) -> wasmtime::Result<Head<Verdict>>,
+    ) -> Head<Verdict> {
         let mut instance = match self.checkout() {
             Ok(instance) => instance,
             Err(err) => {
                 tracing::error!(error = %err, "cannot create a policy instance; denying");
-                return fault("the egress policy could not be started");
+                return Head::Decided(fault("the egress policy could not be started"));
             }
         };
-        match instance.decide(req, self.config().decide_timeout) {
-            Ok(raw) => {
-                let verdict = self.validate(raw, req);
-                self.checkin(instance);
-                verdict
-            }
-            Err(err) => self.discard(instance, &err, req),
-        }
-    }
-
-    /// Map the guest's verdict to the domain, refusing what the host will not act on.
-    fn validate(&self, raw: wit::Verdict, req: &Request) -> Verdict {
         let validator = Validator {
             declared: &self.summary.secrets,
         };
-        let verdict = convert::verdict(raw, &validator);
-        if let Verdict::Deny(Denial {
-            kind: DenyKind::InvalidVerdict,
-            reason,
-            ..
-        }) = &verdict
-        {
-            PolicyStats::bump(&self.stats().invalid_verdicts);
-            tracing::warn!(%reason, host = %req.host, "policy verdict refused");
+        // A host function the guest calls may panic: WASI's blocking stream calls
+        // (a guest printing, or a Rust guest's panic message) need to block on tokio,
+        // which a tokio worker cannot. The panic unwinds out of the guest; the
+        // instance is discarded and the request denied, as for a trap.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            guest(&mut instance, &validator)
+        }));
+        let result = called.unwrap_or_else(|_| {
+            Err(wasmtime::Error::msg(
+                "a host call made by the guest panicked (WASI stdio written from a request task?)",
+            ))
+        });
+        match result {
+            Ok(head) => {
+                self.checkin(instance);
+                if let Head::Decided(Verdict::Deny(Denial {
+                    kind: DenyKind::InvalidVerdict,
+                    reason,
+                    ..
+                })) = &head
+                {
+                    PolicyStats::bump(&self.stats().invalid_verdicts);
+                    tracing::warn!(%reason, host = %req.host, "policy verdict refused");
+                }
+                head
+            }
+            Err(err) => Head::Decided(self.discard(instance, &err, req, phase)),
         }
-        verdict
+    }
+
+    /// A verdict the host refuses, counted and logged.
+    fn invalid(&self, req: &Request, why: &str) -> Verdict {
+        PolicyStats::bump(&self.stats().invalid_verdicts);
+        tracing::warn!(reason = why, host = %req.host, "policy verdict refused");
+        Verdict::Deny(Denial::host(
+            DenyKind::InvalidVerdict,
+            format!("the egress policy returned an invalid verdict: {why}"),
+            None,
+        ))
     }
 
     /// A call failed: drop the instance (its store is unusable after a trap) and deny.
-    fn discard(&self, instance: Instance, err: &wasmtime::Error, req: &Request) -> Verdict {
+    fn discard(
+        &self,
+        instance: Instance,
+        err: &wasmtime::Error,
+        req: &Request,
+        phase: Phase,
+    ) -> Verdict {
         drop(instance);
         let stats = self.stats();
         PolicyStats::bump(&stats.instances_discarded);
-        if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        let export = phase.export();
+        if super::is_timeout(err) {
             PolicyStats::bump(&stats.timeouts);
-            tracing::warn!(host = %req.host, "policy decide() timed out; denying");
+            tracing::warn!(host = %req.host, "policy {export} timed out; denying");
             fault("the egress policy timed out deciding this request")
         } else {
             PolicyStats::bump(&stats.traps);
-            tracing::warn!(host = %req.host, error = %format!("{err:#}"), "policy decide() failed; denying");
+            tracing::warn!(host = %req.host, error = %format!("{err:#}"), "policy {export} failed; denying");
             fault("the egress policy failed while deciding this request")
         }
     }
@@ -213,7 +279,7 @@ impl Generation {
         if let Some(instance) = self.lock_idle().pop() {
             return Ok(instance);
         }
-        new_instance(&self.module, &self.routes).map(|(instance, _)| instance)
+        Instance::start(&self.module, &self.routes).map(|(instance, _)| instance)
     }
 
     fn checkin(&self, instance: Instance) {
@@ -231,7 +297,8 @@ impl Generation {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn config(&self) -> &RuntimeConfig {
+    /// The runtime limits this generation's calls run under.
+    pub fn config(&self) -> &RuntimeConfig {
         &self.module.shared.config
     }
 
@@ -248,36 +315,7 @@ fn fault(reason: &str) -> Verdict {
     ))
 }
 
-/// Instantiate and configure one instance. Runs guest code under the configure
-/// deadline and memory limit.
-fn new_instance(
-    module: &Arc<PolicyModule>,
-    routes: &str,
-) -> Result<(Instance, wit::Summary), PolicyError> {
-    let shared = &module.shared;
-    let start_error = |e: wasmtime::Error| PolicyError::Start {
-        origin: module.origin().to_owned(),
-        message: if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            format!(
-                "timed out after {:?} (configure timeout)",
-                shared.config.configure_timeout
-            )
-        } else {
-            format!("{e:#}")
-        },
-    };
-    let mut store = shared.new_store(shared.config.configure_timeout);
-    let policy = module.pre.instantiate(&mut store).map_err(start_error)?;
-    let summary = policy
-        .egress_policy_decider()
-        .call_configure(&mut store, routes)
-        .map_err(start_error)?
-        .map_err(|msg| PolicyError::Rejected(Validator::text(&msg)))?;
-    PolicyStats::bump(&shared.stats.instances_created);
-    Ok((Instance { store, policy }, summary))
-}
-
-fn check_summary(raw: wit::Summary) -> Result<Summary, PolicyError> {
+fn check_summary(raw: RawSummary) -> Result<Summary, PolicyError> {
     let mut secrets = BTreeSet::new();
     for name in raw.secrets {
         if !is_valid_name(&name) {
@@ -288,8 +326,10 @@ fn check_summary(raw: wit::Summary) -> Result<Summary, PolicyError> {
         }
         secrets.insert(name);
     }
+    let rule_ids = raw.rule_ids.iter().map(|id| Validator::text(id)).collect();
     Ok(Summary {
         rules: raw.rules,
         secrets,
+        rule_ids,
     })
 }

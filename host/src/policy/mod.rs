@@ -14,28 +14,33 @@
 //! calls back.
 
 mod bindings;
+mod body;
 mod convert;
 mod engine;
 mod generation;
 mod headers;
+mod instance;
 mod module;
 mod request;
+mod state;
 mod verdict;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use bindings::{DECIDER_EXPORT, PACKAGE};
+pub use bindings::{DECIDER_EXPORT, PACKAGE, VERSIONS};
+pub use body::PolicyBody;
 pub use engine::{
-    DEFAULT_CONFIGURE_TIMEOUT, DEFAULT_DECIDE_TIMEOUT, DEFAULT_INSTANCE_SLOTS, DEFAULT_MAX_IDLE,
-    DEFAULT_MEMORY_LIMIT, EPOCH_TICK, RuntimeConfig,
+    DEFAULT_CONFIGURE_TIMEOUT, DEFAULT_DECIDE_BODY_TIMEOUT, DEFAULT_DECIDE_TIMEOUT,
+    DEFAULT_INSTANCE_SLOTS, DEFAULT_MAX_IDLE, DEFAULT_MEMORY_LIMIT, EPOCH_TICK, RuntimeConfig,
 };
 pub use generation::{Generation, Summary};
 pub use module::{BUILTIN_POLICY, PolicyModule};
 pub use request::{HIDDEN_HEADERS, Request, Scheme};
+pub use state::{Clock, DEFAULT_STATE_KEYS, MAX_STATE_KEY, ManualClock, StateStore};
 pub use verdict::{
-    DEFAULT_DENY_STATUS, Decision, Denial, DenyKind, InjectedHeader, MAX_TEXT, Part, Template,
-    Verdict,
+    Annotation, BodyNeed, DEFAULT_DENY_STATUS, Decision, Denial, DenyKind, Head, InjectedHeader,
+    MAX_ANNOTATIONS, MAX_TEXT, Part, Template, Verdict,
 };
 
 /// Why a module could not be loaded or configured. Display is a message an operator
@@ -74,15 +79,15 @@ pub enum PolicyError {
     },
     /// The component was built against another version of the WIT package.
     #[error(
-        "{origin} was built against {found}, but this proxy speaks {expected}; rebuild the policy against wit/policy.wit ({expected})"
+        "{origin} was built against {found}, but this proxy speaks {expected}; rebuild the policy against wit/policy.wit (egress:policy@0.2.0)"
     )]
     WrongVersion {
         /// Where the module came from.
         origin: String,
-        /// What the component exports, e.g. `egress:policy@0.2.0`.
+        /// What the component exports, e.g. `egress:policy@0.3.0`.
         found: String,
-        /// What this host expects.
-        expected: &'static str,
+        /// The versions this host speaks.
+        expected: String,
     },
     /// The component does not export the decider interface at all.
     #[error(
@@ -127,6 +132,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     module::hex(&sha2::Sha256::digest(bytes))
 }
 
+/// Whether a guest call failed by hitting its epoch deadline.
+fn is_timeout(err: &wasmtime::Error) -> bool {
+    matches!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    )
+}
+
 impl PolicyError {
     fn engine(err: impl std::fmt::Display) -> Self {
         Self::Engine(format!("{err:#}"))
@@ -138,6 +151,8 @@ impl PolicyError {
 pub struct PolicyStats {
     /// Calls to `decide` (including those that faulted).
     pub decisions: AtomicU64,
+    /// Calls to `decide-body` (including those that faulted).
+    pub body_decisions: AtomicU64,
     /// Guest traps during `decide` (panic, stack overflow, memory limit, ...),
     /// excluding timeouts.
     pub traps: AtomicU64,
@@ -185,6 +200,11 @@ impl Runtime {
     /// Counters across all generations.
     pub fn stats(&self) -> &PolicyStats {
         &self.shared.stats
+    }
+
+    /// The policy state (rate limits, budgets) shared by every generation.
+    pub fn state(&self) -> &StateStore {
+        &self.shared.state
     }
 
     /// Compile the policy built into the binary.

@@ -15,6 +15,14 @@ use crate::secrets::SecretSource;
 
 /// Longest reason or rule text kept from a guest, in bytes.
 pub const MAX_TEXT: usize = 1024;
+/// Most annotations on one verdict.
+pub const MAX_ANNOTATIONS: usize = 8;
+/// Longest annotation key, in bytes.
+pub const MAX_ANNOTATION_KEY: usize = 64;
+/// Longest annotation value kept, in bytes (longer values are cut).
+pub const MAX_ANNOTATION_VALUE: usize = 256;
+/// Most response headers on one denial.
+pub const MAX_RESPONSE_HEADERS: usize = 8;
 /// Status used when a guest asks for a status that is not 4xx/5xx, and for faults.
 pub const DEFAULT_DENY_STATUS: u16 = 403;
 
@@ -132,6 +140,35 @@ impl fmt::Display for Template {
     }
 }
 
+/// A short key/value note a policy attached to a verdict, for the access log and the
+/// policy CLI. Validated: see [`MAX_ANNOTATIONS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// `a-z`, `0-9`, `_`, `.`, `-`; 1 to [`MAX_ANNOTATION_KEY`] bytes.
+    pub key: String,
+    /// Control characters replaced; at most [`MAX_ANNOTATION_VALUE`] bytes.
+    pub value: String,
+}
+
+/// How much of the body the policy needs before it can decide (`need-body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyNeed {
+    /// At most this many bytes (decoded), before the host's own cap.
+    pub max_bytes: u64,
+    /// A prefix is enough: a longer body is held up to `max_bytes` and passed on as
+    /// incomplete, instead of being refused with 413.
+    pub prefix: bool,
+}
+
+/// The head phase's outcome: decided, or the policy needs (some of) the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head<T> {
+    /// Decided on the request line and headers.
+    Decided(T),
+    /// Hold the request, read this much of its body, and ask `decide-body`.
+    NeedBody(BodyNeed),
+}
+
 /// A header the policy wants set, with its value still a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectedHeader {
@@ -179,16 +216,32 @@ pub struct Denial {
     pub rule: Option<String>,
     /// Who decided.
     pub kind: DenyKind,
+    /// Extra headers for the deny response (validated), e.g. `retry-after`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The policy's notes.
+    pub annotations: Vec<Annotation>,
 }
 
 impl Denial {
     /// A denial made by the host on the policy's behalf.
     pub fn host(kind: DenyKind, reason: impl Into<String>, rule: Option<String>) -> Self {
+        Self::with_status(DEFAULT_DENY_STATUS, kind, reason, rule)
+    }
+
+    /// A denial with a given status, no headers and no annotations.
+    pub fn with_status(
+        status: u16,
+        kind: DenyKind,
+        reason: impl Into<String>,
+        rule: Option<String>,
+    ) -> Self {
         Self {
-            status: DEFAULT_DENY_STATUS,
+            status,
             reason: reason.into(),
             rule,
             kind,
+            headers: Vec::new(),
+            annotations: Vec::new(),
         }
     }
 }
@@ -200,6 +253,8 @@ pub enum Verdict {
     Allow {
         /// The rule that allowed it.
         rule: Option<String>,
+        /// The policy's notes.
+        annotations: Vec<Annotation>,
     },
     /// Refuse.
     Deny(Denial),
@@ -209,6 +264,8 @@ pub enum Verdict {
         headers: Vec<InjectedHeader>,
         /// The rule that matched.
         rule: Option<String>,
+        /// The policy's notes.
+        annotations: Vec<Annotation>,
     },
 }
 
@@ -225,8 +282,16 @@ impl Verdict {
     /// The rule id, whichever the verdict.
     pub fn rule(&self) -> Option<&str> {
         match self {
-            Verdict::Allow { rule } | Verdict::Inject { rule, .. } => rule.as_deref(),
+            Verdict::Allow { rule, .. } | Verdict::Inject { rule, .. } => rule.as_deref(),
             Verdict::Deny(denial) => denial.rule.as_deref(),
+        }
+    }
+
+    /// The policy's notes, whichever the verdict.
+    pub fn annotations(&self) -> &[Annotation] {
+        match self {
+            Verdict::Allow { annotations, .. } | Verdict::Inject { annotations, .. } => annotations,
+            Verdict::Deny(denial) => &denial.annotations,
         }
     }
 
@@ -234,10 +299,19 @@ impl Verdict {
     /// or not a valid header value denies the request: a request is never forwarded
     /// without the credential its route requires.
     pub fn resolve(self, secrets: &dyn SecretSource) -> Decision {
-        let (headers, rule) = match self {
-            Verdict::Allow { rule } => return Decision::Allow { rule },
+        let (headers, rule, annotations) = match self {
+            Verdict::Allow { rule, annotations } => return Decision::Allow { rule, annotations },
             Verdict::Deny(denial) => return Decision::Deny(denial),
-            Verdict::Inject { headers, rule } => (headers, rule),
+            Verdict::Inject {
+                headers,
+                rule,
+                annotations,
+            } => (headers, rule, annotations),
+        };
+        let unavailable = |reason: String, rule: Option<String>| {
+            let mut denial = Denial::host(DenyKind::CredentialUnavailable, reason, rule);
+            denial.annotations.clone_from(&annotations);
+            Decision::Deny(denial)
         };
         let mut resolved = Vec::with_capacity(headers.len());
         for header in headers {
@@ -248,26 +322,24 @@ impl Verdict {
                     Part::Secret(name) => match secrets.get(name) {
                         Some(value) if !value.is_empty() => bytes.extend_from_slice(&value),
                         _ => {
-                            return Decision::Deny(Denial::host(
-                                DenyKind::CredentialUnavailable,
+                            return unavailable(
                                 format!(
                                     "credential unavailable: secret `{name}` is not set on the proxy"
                                 ),
                                 rule,
-                            ));
+                            );
                         }
                     },
                 }
             }
             let Ok(mut value) = HeaderValue::from_bytes(&bytes) else {
-                return Decision::Deny(Denial::host(
-                    DenyKind::CredentialUnavailable,
+                return unavailable(
                     format!(
                         "credential unavailable: header `{}` would not be a valid header value",
                         header.name
                     ),
                     rule,
-                ));
+                );
             };
             value.set_sensitive(true);
             resolved.push((header.name, value));
@@ -275,6 +347,7 @@ impl Verdict {
         Decision::Inject {
             headers: resolved,
             rule,
+            annotations,
         }
     }
 }
@@ -286,6 +359,8 @@ pub enum Decision {
     Allow {
         /// The rule that allowed it.
         rule: Option<String>,
+        /// The policy's notes.
+        annotations: Vec<Annotation>,
     },
     /// Answer with the denial.
     Deny(Denial),
@@ -295,6 +370,8 @@ pub enum Decision {
         headers: Vec<(HeaderName, HeaderValue)>,
         /// The rule that matched.
         rule: Option<String>,
+        /// The policy's notes.
+        annotations: Vec<Annotation>,
     },
 }
 
@@ -302,15 +379,24 @@ impl fmt::Debug for Decision {
     /// Never prints header values: they hold secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Decision::Allow { rule } => f.debug_struct("Allow").field("rule", rule).finish(),
+            Decision::Allow { rule, annotations } => f
+                .debug_struct("Allow")
+                .field("rule", rule)
+                .field("annotations", annotations)
+                .finish(),
             Decision::Deny(denial) => f.debug_tuple("Deny").field(denial).finish(),
-            Decision::Inject { headers, rule } => f
+            Decision::Inject {
+                headers,
+                rule,
+                annotations,
+            } => f
                 .debug_struct("Inject")
                 .field(
                     "headers",
                     &headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
                 )
                 .field("rule", rule)
+                .field("annotations", annotations)
                 .finish(),
         }
     }
@@ -341,15 +427,7 @@ impl Validator<'_> {
 
     /// Control characters become spaces; the text is cut to [`MAX_TEXT`] bytes.
     pub(crate) fn text(text: &str) -> String {
-        let mut out = String::with_capacity(text.len().min(MAX_TEXT));
-        for c in text.chars() {
-            let c = if c.is_control() { ' ' } else { c };
-            if out.len() + c.len_utf8() > MAX_TEXT {
-                break;
-            }
-            out.push(c);
-        }
-        out
+        Self::cut(text, MAX_TEXT)
     }
 
     pub(crate) fn header(&self, name: &str, value: Vec<Part>) -> Result<InjectedHeader, String> {
@@ -383,6 +461,89 @@ impl Validator<'_> {
         })
     }
 }
+
+impl Validator<'_> {
+    /// Check a verdict's annotations against the bounds; values are cleaned and cut.
+    pub(crate) fn annotations(
+        raw: impl ExactSizeIterator<Item = (String, String)>,
+    ) -> Result<Vec<Annotation>, String> {
+        if raw.len() > MAX_ANNOTATIONS {
+            return Err(format!(
+                "{} annotations (at most {MAX_ANNOTATIONS})",
+                raw.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (key, value) in raw {
+            let valid_key = !key.is_empty()
+                && key.len() <= MAX_ANNOTATION_KEY
+                && key.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+                });
+            if !valid_key {
+                return Err(format!(
+                    "annotation key `{}` is not 1-{MAX_ANNOTATION_KEY} characters of a-z, 0-9, `_`, `.`, `-`",
+                    Self::text(&key)
+                ));
+            }
+            out.push(Annotation {
+                key,
+                value: Self::cut(&value, MAX_ANNOTATION_VALUE),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Check a denial's response headers: valid names and values, none of the
+    /// headers the host writes itself or that frame the response.
+    pub(crate) fn response_headers(
+        raw: impl ExactSizeIterator<Item = (String, String)>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        if raw.len() > MAX_RESPONSE_HEADERS {
+            return Err(format!(
+                "{} deny response headers (at most {MAX_RESPONSE_HEADERS})",
+                raw.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{}` is not a valid header name", Self::text(&name)))?;
+            if FORBIDDEN_HEADERS.contains(&name.as_str())
+                || OWN_RESPONSE_HEADERS.contains(&name.as_str())
+                || name.as_str().starts_with("x-egress-proxy-")
+            {
+                return Err(format!(
+                    "the policy may not set the `{name}` header on a deny response"
+                ));
+            }
+            let value = HeaderValue::from_str(&value)
+                .ok()
+                .filter(|_| is_header_value_text(&value))
+                .ok_or_else(|| {
+                    format!("deny response header `{name}` has a value that is not valid")
+                })?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// Control characters become spaces; the text is cut to `max` bytes.
+    fn cut(text: &str, max: usize) -> String {
+        let mut out = String::with_capacity(text.len().min(max));
+        for c in text.chars() {
+            let c = if c.is_control() { ' ' } else { c };
+            if out.len() + c.len_utf8() > max {
+                break;
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+/// Headers of a deny response the host writes itself.
+const OWN_RESPONSE_HEADERS: &[&str] = &["content-type", "cache-control", "set-cookie"];
 
 /// What `HeaderValue` accepts: visible ASCII, space, tab and obs-text (0x80-0xFF);
 /// no other control characters (so no CR, LF or NUL).

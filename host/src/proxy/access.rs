@@ -6,7 +6,8 @@
 //! `inject`, `deny`, or `error` for a request the proxy could not complete), `rule`,
 //! `deny_kind`, `status`, `bytes` (response body bytes sent to the client),
 //! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
-//! `policy` (the module's sha256 prefix), and `outcome`
+//! `policy` (the module's sha256 prefix), `annotations` (the policy's notes on its verdict
+//! as a JSON object, `-` for none), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
@@ -43,6 +44,23 @@ impl Outcome {
     }
 }
 
+/// Annotations in the log: a JSON object of key → value, or `-` for none.
+struct Notes<'a>(&'a [crate::policy::Annotation]);
+
+impl std::fmt::Display for Notes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|a| (a.key.clone(), serde_json::Value::String(a.value.clone())))
+            .collect();
+        write!(f, "{}", serde_json::Value::Object(map))
+    }
+}
+
 /// One request's log line, filled in as the request goes through the pipeline.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
@@ -57,6 +75,7 @@ pub struct AccessRecord {
     pub(crate) path: String,
     pub(crate) outcome: Outcome,
     pub(crate) rule: Option<String>,
+    pub(crate) annotations: Vec<crate::policy::Annotation>,
     pub(crate) deny_kind: Option<&'static str>,
     pub(crate) status: u16,
     pub(crate) generation: Option<(u64, String)>,
@@ -85,6 +104,7 @@ impl AccessRecord {
             path: path.to_owned(),
             outcome: Outcome::Error,
             rule: None,
+            annotations: Vec::new(),
             deny_kind: None,
             status: 0,
             generation: None,
@@ -110,6 +130,7 @@ impl AccessRecord {
             path = %self.path,
             decision = self.outcome.as_str(),
             rule = self.rule.as_deref().unwrap_or("-"),
+            annotations = %Notes(&self.annotations),
             deny_kind = self.deny_kind.unwrap_or("-"),
             status = self.status,
             bytes,

@@ -33,7 +33,7 @@ use super::pipeline::{self, Exchange};
 use super::prefixed::Prefixed;
 use super::respond::Refusal;
 use super::{Proxy, server};
-use crate::policy::{self, Decision, Scheme};
+use crate::policy::{self, Decision, Head, Scheme};
 use crate::target::{Target, TargetError};
 
 /// The first byte of a TLS handshake record.
@@ -77,17 +77,30 @@ pub(crate) async fn handle(
     let generation = proxy.generation();
     record.generation = Some(pipeline::generation_id(&generation));
     let deciding = Instant::now();
-    let decision = generation.decide(&request);
+    // A CONNECT never gets a body phase: `need-body` for one is refused as an
+    // invalid verdict by the generation.
+    let decision = match generation.decide(&request) {
+        Head::Decided(decision) => decision,
+        Head::NeedBody(_) => Decision::Deny(policy::Denial::host(
+            policy::DenyKind::InvalidVerdict,
+            "the egress policy asked for the body of a CONNECT",
+            None,
+        )),
+    };
     proxy.metrics.decided(deciding.elapsed());
     match decision {
         Decision::Deny(denial) => return pipeline::denied(record, &denial, &generation),
-        Decision::Allow { rule } => {
+        Decision::Allow { rule, annotations } => {
             record.outcome = Outcome::Allow;
             record.rule = rule;
+            record.annotations = annotations;
         }
-        Decision::Inject { rule, .. } => {
+        Decision::Inject {
+            rule, annotations, ..
+        } => {
             record.outcome = Outcome::Inject;
             record.rule = rule;
+            record.annotations = annotations;
         }
     }
     let tls = match proxy.tls.server_config_for(&exchange.target.host) {

@@ -7,6 +7,9 @@
 //! - `server`: accepting, serving client connections (HTTP/1.1), graceful shutdown.
 //! - `connect`: CONNECT: the tunnel decision, TLS interception, requests inside.
 //! - `pipeline`: the one request pipeline (strip, decide, deny / inject / forward).
+//! - `hold`: the body phase (hold the request, read the body the policy asked for,
+//!   `decide-body`); `forward_body`: the forwarded request body (held bytes, then the
+//!   rest streamed).
 //! - `headers`: credential and hop-by-hop header removal.
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 clients with verified TLS, optional
 //!   upstream proxy.
@@ -17,8 +20,10 @@
 mod access;
 mod body;
 mod connect;
+mod forward_body;
 mod framing;
 mod headers;
+mod hold;
 pub mod idle;
 mod pipeline;
 mod prefixed;
@@ -37,6 +42,8 @@ use tokio_util::task::TaskTracker;
 
 pub use access::ACCESS_TARGET;
 pub use body::ProxyBody;
+pub use forward_body::ForwardBody;
+pub use hold::InspectConfig;
 pub use idle::Idle;
 pub use respond::{DENY_HEADER, DENY_HINT, ERROR_HEADER};
 pub use upstream::{UpstreamConfig, UpstreamError, UpstreamSetupError};
@@ -104,6 +111,8 @@ pub struct ProxyConfig {
     pub leaf_cache_capacity: usize,
     /// Resource limits.
     pub limits: Limits,
+    /// The body phase: how much may be held, for how long, in all.
+    pub inspect: InspectConfig,
 }
 
 impl Default for ProxyConfig {
@@ -114,6 +123,7 @@ impl Default for ProxyConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             leaf_cache_capacity: crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
             limits: Limits::default(),
+            inspect: InspectConfig::default(),
         }
     }
 }
@@ -138,6 +148,8 @@ pub struct Proxy {
     connections: Arc<tokio::sync::Semaphore>,
     /// True while the listener accepts (for readiness).
     accepting: std::sync::atomic::AtomicBool,
+    /// The memory budget for request bodies held for the policy.
+    inspect_budget: hold::Budget,
 }
 
 impl Proxy {
@@ -154,6 +166,7 @@ impl Proxy {
             config.limits.max_connections.max(1),
         ));
         Ok(Arc::new(Self {
+            inspect_budget: hold::Budget::new(config.inspect.memory),
             policy,
             tls: MintingResolver::with_capacity(ca, config.leaf_cache_capacity),
             upstream,

@@ -14,9 +14,10 @@ use hyper_util::rt::TokioIo;
 use super::Proxy;
 use super::access::{AccessRecord, Outcome};
 use super::body::ProxyBody;
+use super::forward_body::ForwardBody;
 use super::headers;
 use super::respond::{self, Refusal};
-use crate::policy::{self, Decision, Generation};
+use crate::policy::{self, Decision, Generation, Head};
 use crate::target::Target;
 
 /// Where a request is going and who sent it, as established by the caller (the plain
@@ -72,6 +73,7 @@ pub(crate) fn denied(
     let response = respond::deny(denial, generation.module().sha256());
     record.outcome = Outcome::Deny;
     record.rule = denial.rule.clone();
+    record.annotations.clone_from(&denial.annotations);
     record.deny_kind = Some(denial.kind.as_str());
     record.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
@@ -126,24 +128,42 @@ pub(crate) async fn forward(
     let generation = proxy.generation();
     record.generation = Some(generation_id(&generation));
     let deciding = Instant::now();
-    let decision = generation.decide(&request);
+    let head = generation.decide(&request);
     proxy.metrics.decided(deciding.elapsed());
+    let (mut parts, body) = req.into_parts();
+    let (decision, body) = match head {
+        Head::Decided(decision) => (decision, ForwardBody::streamed(body)),
+        Head::NeedBody(need) => {
+            match super::hold::decide(proxy, &generation, &request, need, body, upgrade).await {
+                Ok(decided) => {
+                    parts.headers.remove(http::header::EXPECT);
+                    decided
+                }
+                Err(refusal) => return refuse(record, &Refusal::Body(refusal)),
+            }
+        }
+    };
     let injected = match decision {
         Decision::Deny(denial) => return denied(record, &denial, &generation),
-        Decision::Allow { rule } => {
+        Decision::Allow { rule, annotations } => {
             record.outcome = Outcome::Allow;
             record.rule = rule;
+            record.annotations = annotations;
             Vec::new()
         }
-        Decision::Inject { headers, rule } => {
+        Decision::Inject {
+            headers,
+            rule,
+            annotations,
+        } => {
             record.outcome = Outcome::Inject;
             record.rule = rule;
+            record.annotations = annotations;
             headers
         }
     };
     drop(request);
 
-    let (mut parts, body) = req.into_parts();
     headers::sanitize_request(&mut parts.headers, upgrade);
     for (name, value) in injected {
         parts.headers.insert(name, value);

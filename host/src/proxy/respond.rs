@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::body::ProxyBody;
 use super::upstream::UpstreamError;
+use crate::inspect::BodyRefusal;
 use crate::policy::Denial;
 use crate::target::TargetError;
 
@@ -49,6 +50,9 @@ pub enum Refusal {
     /// The upstream exchange failed.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
+    /// The body the policy needed could not be held or decoded.
+    #[error("{0}")]
+    Body(#[from] BodyRefusal),
     /// The proxy itself failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,6 +68,9 @@ impl Refusal {
             | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Upstream(err) => err.status(),
+            Refusal::Body(refusal) => {
+                StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,6 +87,7 @@ impl Refusal {
             }
             Refusal::Upstream(UpstreamError::Refused(_)) => "destination_not_allowed",
             Refusal::Upstream(_) => "upstream_unavailable",
+            Refusal::Body(refusal) => refusal.code(),
             Refusal::Internal(_) => "internal_error",
         }
     }
@@ -94,6 +102,10 @@ impl Refusal {
             Refusal::Upstream(_) => {
                 "The egress proxy allowed this request but could not get a response from the upstream server."
             }
+            Refusal::Body(BodyRefusal::Busy) => "Retry shortly.",
+            Refusal::Body(_) => {
+                "The egress policy decides this request by its body, and the body could not be inspected."
+            }
             _ => "The egress proxy could not process this request.",
         };
         let body = json!({ "error": self.code(), "reason": reason, "hint": hint });
@@ -102,6 +114,11 @@ impl Refusal {
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if *self == Refusal::Body(BodyRefusal::Busy) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -118,7 +135,11 @@ pub fn deny(denial: &Denial, policy_sha256: &str) -> Response<ProxyBody> {
         "policy": format!("sha256:{policy_sha256}"),
         "hint": DENY_HINT,
     });
-    json_response(status, DENY_HEADER, &denial.reason, &body)
+    let mut response = json_response(status, DENY_HEADER, &denial.reason, &body);
+    for (name, value) in &denial.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 fn json_response(
@@ -161,18 +182,22 @@ mod tests {
 
     #[test]
     fn deny_carries_reason_rule_and_policy() {
-        let denial = Denial {
-            status: 451,
-            reason: "no route for evil.example — ask\u{7}".into(),
-            rule: Some("r1".into()),
-            kind: DenyKind::Policy,
-        };
+        let mut denial = Denial::with_status(
+            451,
+            DenyKind::Policy,
+            "no route for evil.example — ask\u{7}",
+            Some("r1".into()),
+        );
+        denial
+            .headers
+            .push((http::header::RETRY_AFTER, HeaderValue::from_static("7")));
         let response = deny(&denial, "abc");
         assert_eq!(response.status(), 451);
         assert_eq!(
             response.headers()[DENY_HEADER],
             "no route for evil.example ? ask?"
         );
+        assert_eq!(response.headers()["retry-after"], "7");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::forward_body::ForwardBody;
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -112,9 +113,9 @@ type Connector = HttpsConnector<Dial>;
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// HTTP/2 or HTTP/1.1, by ALPN.
-    pooled: Client<Connector, Incoming>,
+    pooled: Client<Connector, ForwardBody>,
     /// HTTP/1.1 only: for upgrades (WebSocket), which HTTP/2 cannot carry.
-    http1: Client<Connector, Incoming>,
+    http1: Client<Connector, ForwardBody>,
     response_timeout: Duration,
 }
 
@@ -162,7 +163,7 @@ impl Upstream {
     /// `upgrade` selects the HTTP/1.1-only client.
     pub async fn send(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<ForwardBody>,
         upgrade: bool,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let client = if upgrade { &self.http1 } else { &self.pooled };

@@ -66,22 +66,31 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Respo
 
 /// `/echo`: the request as JSON, with the body's length.
 async fn echo(req: Request<Incoming>, seen: Seen) -> Response<Body> {
+    use sha2::Digest as _;
     let mut body = req.into_body();
     let mut body_bytes: u64 = 0;
+    let mut digest = sha2::Sha256::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return empty(StatusCode::BAD_REQUEST);
         };
         if let Some(data) = frame.data_ref() {
             body_bytes += data.len() as u64;
+            digest.update(data);
         }
     }
+    let body_sha256: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let json = serde_json::json!({
         "method": seen.method,
         "path": seen.path,
         "version": format!("{:?}", seen.version),
         "headers": seen.headers,
         "body_bytes": body_bytes,
+        "body_sha256": body_sha256,
     });
     with_headers(
         StatusCode::OK,
