@@ -8,7 +8,7 @@
 # Settings (environment): LOAD_SECONDS (measured seconds per run, default 3),
 # LOAD_WARMUP_SECONDS (default 1), LOAD_REPEATS (direct/proxy pairs per scenario,
 # default 3), LOAD_SSE_EVENTS (events per SSE stream, default 10000), LOAD_ONLY
-# (some of keep-alive-1,keep-alive-64,new-connection,sse). The markdown report goes
+# (some of keep-alive-1,keep-alive-64,new-connection,sse,inspected-post). The markdown report goes
 # to stdout, progress to stderr. Run it on a quiet machine: the "other load" column
 # shows how much CPU everything else used during the measurements.
 set -euo pipefail

@@ -107,13 +107,18 @@ impl Collector for Status {
                 &stats.decisions,
             ),
             (
+                "egress_proxy_policy_body_decisions",
+                "decide-body() calls",
+                &stats.body_decisions,
+            ),
+            (
                 "egress_proxy_policy_traps",
-                "policy guest traps during decide() (each denied the request)",
+                "policy guest traps during decide() or decide-body() (each denied the request)",
                 &stats.traps,
             ),
             (
                 "egress_proxy_policy_timeouts",
-                "decide() calls interrupted at their deadline (each denied the request)",
+                "decide() or decide-body() calls interrupted at their deadline (each denied the request)",
                 &stats.timeouts,
             ),
             (

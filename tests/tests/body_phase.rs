@@ -404,3 +404,55 @@ async fn rate_limits_are_shared_by_concurrent_requests_and_survive_a_reload() {
         .unwrap();
     assert_eq!(response.status(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_inspects_bodies_and_logs_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(UpstreamOptions {
+        extra_names: vec!["body.test".to_owned()],
+        ..UpstreamOptions::default()
+    })
+    .await;
+    let ca = upstream.ca().write_pem(dir.path());
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(&routes, "{}").unwrap();
+    let connect_to = format!("body.test:443:{}", upstream.addr());
+    let mut proxy = egress_proxy_tests::process::RunningProxy::start(
+        &routes,
+        &dir.path().join("state"),
+        &[
+            "--policy",
+            BODY_WASM,
+            "--connect-to",
+            &connect_to,
+            "--upstream-ca",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let client = proxy.client();
+    let (status, _, text) = post(&client, "https://body.test/echo", b"hello".to_vec(), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = post(
+        &client,
+        "https://body.test/echo",
+        b"forbidden".to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(proxy.stop());
+    let access: Vec<Value> = proxy
+        .events()
+        .into_iter()
+        .filter(|e| e["message"] == "access" && e["method"] == "POST")
+        .collect();
+    assert_eq!(access.len(), 2, "{access:?}");
+    let notes =
+        |e: &Value| -> Value { serde_json::from_str(e["annotations"].as_str().unwrap()).unwrap() };
+    assert_eq!(access[0]["decision"], "allow");
+    assert_eq!(notes(&access[0])["len"], "5");
+    assert_eq!(access[1]["decision"], "deny");
+    assert_eq!(notes(&access[1])["len"], "9");
+    assert_eq!(upstream.hits(), 1);
+}

@@ -90,6 +90,7 @@ impl Instance {
                 (Exports::V2(policy), summary)
             }
         };
+        super::PolicyStats::bump(&shared.stats.instances_created);
         Ok((Self { store, exports }, summary))
     }
 

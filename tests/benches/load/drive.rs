@@ -18,6 +18,10 @@ pub enum Load {
     /// One SSE stream of this many events after another: event 0 alone (the time to
     /// it is the latency), then the upstream is let go and sends the rest at once.
     Sse { events: u32 },
+    /// This many keep-alive HTTP/1.1 connections, each POSTing a JSON body of this
+    /// many bytes, request after request; through the proxy, to a route whose policy
+    /// reads the whole body (`need-body`, then `decide-body`).
+    InspectedPost { connections: usize, bytes: usize },
 }
 
 impl Load {
@@ -27,6 +31,7 @@ impl Load {
             Self::KeepAlive { connections } => format!("keep-alive-{connections}"),
             Self::NewConnection { .. } => "new-connection".to_owned(),
             Self::Sse { .. } => "sse".to_owned(),
+            Self::InspectedPost { .. } => "inspected-post".to_owned(),
         }
     }
 }
@@ -119,7 +124,18 @@ pub async fn measure(
 ) -> Run {
     match load {
         Load::KeepAlive { connections: n } | Load::NewConnection { concurrency: n } => {
-            requests(n, client, url, window, sample).await
+            requests(n, client, url, None, window, sample).await
+        }
+        Load::InspectedPost { connections, bytes } => {
+            requests(
+                connections,
+                client,
+                url,
+                Some(json_body(bytes)),
+                window,
+                sample,
+            )
+            .await
         }
         Load::Sse { events } => {
             let sse = Sse {
@@ -153,11 +169,28 @@ impl Errors {
     }
 }
 
-/// `concurrency` loops of GET `url`, from the warm-up until the window ends.
+/// A JSON document of about `bytes` bytes: an array of small objects.
+fn json_body(bytes: usize) -> bytes::Bytes {
+    let mut text = String::from("[");
+    let mut i = 0;
+    while text.len() + 40 < bytes {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!("{{\"id\":{i},\"name\":\"item-{i:08}\"}}"));
+        i += 1;
+    }
+    text.push(']');
+    text.into()
+}
+
+/// `concurrency` loops of GET `url` (POST `body`, if given), from the warm-up until
+/// the window ends.
 async fn requests(
     concurrency: usize,
     client: &reqwest::Client,
     url: &str,
+    body: Option<bytes::Bytes>,
     window: Window,
     sample: &impl Fn() -> Sample,
 ) -> Run {
@@ -168,6 +201,7 @@ async fn requests(
         loops.spawn(request_loop(
             client.clone(),
             Arc::clone(&url),
+            body.clone(),
             Arc::clone(&stop),
         ));
     }
@@ -190,17 +224,19 @@ async fn requests(
     Run::new(latencies_us.len() as u64, latencies_us, errors, start, end)
 }
 
-/// GETs `url` until `stop`; returns (completion time, latency µs) of each success.
+/// GETs `url` (POSTs `body`) until `stop`; returns (completion time, latency µs) of
+/// each success.
 async fn request_loop(
     client: reqwest::Client,
     url: Arc<str>,
+    body: Option<bytes::Bytes>,
     stop: Arc<AtomicBool>,
 ) -> (Vec<(Instant, u32)>, Errors) {
     let mut log = Vec::new();
     let mut errors = Errors::default();
     while !stop.load(Ordering::Relaxed) {
         let begun = Instant::now();
-        match get(&client, &url).await {
+        match send(&client, &url, body.clone()).await {
             Ok(()) => {
                 let done = Instant::now();
                 log.push((done, micros(done - begun)));
@@ -215,8 +251,19 @@ async fn request_loop(
     (log, errors)
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> reqwest::Result<()> {
-    let response = client.get(url).send().await?.error_for_status()?;
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    body: Option<bytes::Bytes>,
+) -> reqwest::Result<()> {
+    let request = match body {
+        Some(body) => client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body),
+        None => client.get(url),
+    };
+    let response = request.send().await?.error_for_status()?;
     response.bytes().await?;
     Ok(())
 }

@@ -12,7 +12,11 @@
 //!   ([`SMALL_RESPONSE`]), 1 and 64 connections;
 //! - `new-connection`: a new connection (TCP + TLS; through the proxy, CONNECT + TLS)
 //!   per request;
-//! - `sse`: back-to-back SSE streams: time to first event and events per second.
+//! - `sse`: back-to-back SSE streams: time to first event and events per second;
+//! - `inspected-post`: keep-alive POSTs of a 16 KiB JSON body, 16 connections; the
+//!   proxy runs the `body` test fixture (a 0.2.0 component that answers `need-body`
+//!   and reads the whole body in 16 KiB slices in `decide-body`) for that host, so
+//!   every request is held, inspected and then forwarded.
 //!
 //! Settings (environment): `LOAD_SECONDS`, `LOAD_WARMUP_SECONDS`, `LOAD_REPEATS`,
 //! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated). Every window also
@@ -59,6 +63,11 @@ const SMALL_RESPONSE: &str = "/bytes?n=100";
 const MANY_CONNECTIONS: usize = 64;
 /// Requests in flight in the new-connection scenario.
 const NEW_CONNECTION_CONCURRENCY: usize = 16;
+/// The inspected POST's body size and connections.
+const INSPECTED_BYTES: usize = 16 * 1024;
+const INSPECTED_CONNECTIONS: usize = 16;
+/// The host the `body` fixture inspects bodies for.
+const INSPECTED_HOST: &str = "body.test";
 /// Per-request timeout (SSE: per stream).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,6 +104,10 @@ impl Settings {
             },
             Load::Sse {
                 events: self.sse_events,
+            },
+            Load::InspectedPost {
+                connections: INSPECTED_CONNECTIONS,
+                bytes: INSPECTED_BYTES,
             },
         ];
         let wanted = |load: &Load| {
@@ -178,6 +191,7 @@ enum Via {
 async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario> {
     let upstream = Upstream::start(UpstreamOptions {
         record_requests: false,
+        extra_names: vec![INSPECTED_HOST.to_owned()],
         ..UpstreamOptions::default()
     })
     .await;
@@ -187,10 +201,22 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
 
     let mut scenarios = Vec::new();
     for load in settings.loads() {
-        let proxy = ProxyProcess::start(bin, pinning, dir.path(), &routes, &upstream_ca);
+        let extra = match load {
+            Load::InspectedPost { .. } => vec![
+                "--policy".to_owned(),
+                egress_proxy_tests::BODY_WASM.to_owned(),
+                "--connect-to".to_owned(),
+                format!("{INSPECTED_HOST}:{}:{}", upstream.port(), upstream.addr()),
+            ],
+            _ => Vec::new(),
+        };
+        let proxy = ProxyProcess::start(bin, pinning, dir.path(), &routes, &upstream_ca, &extra);
         let started = proxy.memory();
         let url = match load {
             Load::Sse { events } => upstream.url(&format!("/sse?events={events}")),
+            Load::InspectedPost { .. } => {
+                format!("https://{INSPECTED_HOST}:{}/echo", upstream.port())
+            }
             _ => upstream.url(SMALL_RESPONSE),
         };
         let mut direct = Vec::new();
@@ -234,7 +260,7 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
 /// An HTTP/1.1 client for `load`, going `via` the proxy or straight to `upstream`.
 fn client(via: Via, load: Load, upstream: &Upstream, proxy: &ProxyProcess) -> reqwest::Client {
     let idle_per_host = match load {
-        Load::KeepAlive { connections } => connections,
+        Load::KeepAlive { connections } | Load::InspectedPost { connections, .. } => connections,
         Load::NewConnection { .. } => 0,
         Load::Sse { .. } => 1,
     };
@@ -249,6 +275,7 @@ fn client(via: Via, load: Load, upstream: &Upstream, proxy: &ProxyProcess) -> re
         Via::Direct => builder
             .no_proxy()
             .resolve("localhost", upstream.addr())
+            .resolve(INSPECTED_HOST, upstream.addr())
             .add_root_certificate(certificate(upstream.ca().cert_pem().as_bytes())),
         Via::Proxy => builder
             .proxy(reqwest::Proxy::all(proxy.url()).expect("proxy URL"))

@@ -34,14 +34,15 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts `bin` with `routes` and `upstream_ca`, keeping its state in `dir`;
-    /// returns once it listens.
+    /// Starts `bin` with `routes`, `upstream_ca` and `extra` arguments, keeping its
+    /// state in `dir`; returns once it listens.
     pub fn start(
         bin: &Path,
         pinning: &Pinning,
         dir: &Path,
         routes: &Path,
         upstream_ca: &Path,
+        extra: &[String],
     ) -> Self {
         let state = dir.join("state");
         let mut child = pinning
@@ -65,6 +66,7 @@ impl ProxyProcess {
             .arg(&state)
             .arg("--upstream-ca")
             .arg(upstream_ca)
+            .args(extra)
             .env(TOKEN_NAME, TOKEN_VALUE)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -34,6 +34,10 @@ impl Scenario {
                 format!("new connection per request, c={concurrency}")
             }
             Load::Sse { events } => format!("SSE, {events} events/stream"),
+            Load::InspectedPost { connections, bytes } => format!(
+                "POST {} KiB JSON, body inspected, {connections} conn",
+                bytes / 1024
+            ),
         }
     }
 

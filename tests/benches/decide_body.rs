@@ -1,0 +1,75 @@
+//! The body phase's policy cost, through the compiled `body` fixture (a 0.2.0
+//! component): `decide-body` on a 64 KiB body the guest reads in 16 KiB slices (it
+//! sums the bytes and scans for a word), and, for comparison in the same run, the
+//! head-only `decide` of the same fixture (which answers `need-body`).
+//!
+//! Run: `cargo bench -p egress-proxy-tests --bench decide_body`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
+
+use std::sync::Arc;
+
+use egress_proxy::policy::{
+    Generation, Head, PolicyBody, Request, Runtime, RuntimeConfig, Scheme, Verdict,
+};
+use egress_proxy_tests::{BODY_WASM, MapSecrets};
+
+fn main() {
+    divan::main();
+}
+
+fn generation() -> (Runtime, Generation) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let generation = runtime
+        .load_file(std::path::Path::new(BODY_WASM))
+        .unwrap()
+        .configure("{}", Arc::new(MapSecrets::default()))
+        .unwrap();
+    (runtime, generation)
+}
+
+fn request() -> Request {
+    Request {
+        scheme: Scheme::Https,
+        method: "POST".into(),
+        host: "body.test".into(),
+        port: 443,
+        path: "/v1/upload".into(),
+        headers: vec![
+            (
+                "content-type".to_owned(),
+                "application/octet-stream".to_owned(),
+            ),
+            ("content-length".to_owned(), "65536".to_owned()),
+        ]
+        .into(),
+        client: "10.0.0.2:51234".parse().unwrap(),
+    }
+}
+
+/// `decide-body` on 64 KiB: four 16 KiB `read` calls, each copying a slice into the
+/// guest, plus the guest's scan.
+#[divan::bench(sample_count = 200, sample_size = 20)]
+fn decide_body_64k(bencher: divan::Bencher) {
+    let (_runtime, generation) = generation();
+    let req = request();
+    let body = PolicyBody::complete(
+        (0..65536u32)
+            .map(|i| 128 + (i % 128) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    match generation.evaluate_body(&req, &body) {
+        Verdict::Allow { annotations, .. } => assert_eq!(annotations[0].value, "65536"),
+        other => panic!("{other:?}"),
+    }
+    bencher.bench(|| generation.evaluate_body(divan::black_box(&req), &body));
+}
+
+/// The head phase of the same request: `decide` answering `need-body`.
+#[divan::bench(sample_count = 200, sample_size = 500)]
+fn decide_head_need_body(bencher: divan::Bencher) {
+    let (_runtime, generation) = generation();
+    let req = request();
+    assert!(matches!(generation.evaluate_head(&req), Head::NeedBody(_)));
+    bencher.bench(|| generation.evaluate_head(divan::black_box(&req)));
+}
