@@ -456,3 +456,28 @@ async fn the_real_binary_inspects_bodies_and_logs_annotations() {
     assert_eq!(notes(&access[1])["len"], "9");
     assert_eq!(upstream.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_bodies_are_held_and_decided_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(UpstreamOptions {
+        tls: false,
+        ..UpstreamOptions::default()
+    })
+    .await;
+    let ca = upstream.ca().write_pem(dir.path());
+    let options = ProxyOptions::new("{\"routes\": []}", &ca)
+        .policy(BODY_WASM)
+        .connect_to("body.test", upstream.port(), upstream.addr());
+    let proxy = TestProxy::start(options).await;
+    let client = proxy.client(true);
+    let url = format!("http://body.test:{}/echo", upstream.port());
+    let body = payload(50 * 1024);
+    let (status, _, text) = post(&client, &url, body.clone(), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let echo: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(echo["body_sha256"], sha256(&body));
+    let (status, _, text) = post(&client, &url, b"forbidden".to_vec(), &[]).await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(upstream.hits(), 1);
+}

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use super::bindings::{v1, v2};
 use super::request::{Request, Scheme};
-use super::verdict::{BodyNeed, Denial, DenyKind, Head, Part, Validator, Verdict};
+use super::validate::Validator;
+use super::verdict::{BodyNeed, Denial, DenyKind, Head, Part, Verdict};
 
 /// `request(req)`: the WIT request of one contract version, borrowing from `req`.
 /// The record has the same shape in every version; only the generated types differ.

@@ -9,7 +9,8 @@ use super::body::PolicyBody;
 use super::engine::RuntimeConfig;
 use super::instance::{Instance, RawSummary};
 use super::module::PolicyModule;
-use super::verdict::{Decision, Denial, DenyKind, Head, Validator, Verdict};
+use super::validate::Validator;
+use super::verdict::{Decision, Denial, DenyKind, Head, Verdict};
 use super::{PolicyError, PolicyStats, Request};
 use crate::secrets::{SecretSource, is_valid_name};
 

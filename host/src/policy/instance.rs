@@ -17,7 +17,8 @@ use super::convert::{current, legacy};
 use super::engine::{RuntimeConfig, StoreData};
 use super::headers::RequestHeaders;
 use super::module::{PolicyModule, Pre};
-use super::verdict::{Head, Validator, Verdict};
+use super::validate::Validator;
+use super::verdict::{Head, Verdict};
 use super::{PolicyError, Request};
 
 /// The exports of an instance, by contract version.

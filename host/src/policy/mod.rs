@@ -23,6 +23,7 @@ mod instance;
 mod module;
 mod request;
 mod state;
+mod validate;
 mod verdict;
 
 use std::sync::Arc;
