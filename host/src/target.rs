@@ -28,7 +28,12 @@
 //!    dot-segment only up to a `;` (`..;x`, which Tomcat resolves) is refused.
 //! 4. `%2F` and `%5C` stay encoded, but a path in which they sit next to a dot-segment
 //!    (`/a/%2E%2E%2Fb`, `/a/..%2Fb`; servers that decode them would climb) is refused.
-//!    Empty segments (`//`) are kept.
+//! 5. A double-encoded `.`, `/` or `\` (`%252E`, `%252F`, `%255C`, any case) is refused:
+//!    a server (or a framework behind it) that decodes twice reads `/a/%252e%252e/b` as
+//!    `/a/../b`, a path the policy never saw.
+//! 6. An empty segment (`//`, after the steps above) is refused: some servers collapse
+//!    a run of slashes and some do not, so `//repos/acme/x` could be matched against an
+//!    allowlist one way and served another.
 //!
 //! After this a path has no dot-segment in any reading, so no server can resolve it
 //! out of the prefix the policy allowed.
@@ -271,10 +276,15 @@ pub fn normalize_path(path_and_query: &str) -> Result<Cow<'_, str>, String> {
     if !path.starts_with('/') {
         return Err("the path must start with `/`".into());
     }
-    if !path.contains(['%', '\\']) && !path.contains("/.") {
+    if !path.contains(['%', '\\']) && !path.contains("/.") && !path.contains("//") {
         return Ok(Cow::Borrowed(path_and_query));
     }
     let decoded = decode_path(path)?;
+    if double_encoded_separator(&decoded) {
+        return Err(
+            "a double-encoded `.`, `/` or `\\` (`%252E`, `%252F`, `%255C`) is ambiguous: servers that decode twice read a dot-segment or a separator".into(),
+        );
+    }
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     if decoded.contains("%2F") || decoded.contains("%5C") {
         let split = decoded.replace("%2F", "/").replace("%5C", "/");
@@ -308,8 +318,25 @@ pub fn normalize_path(path_and_query: &str) -> Result<Cow<'_, str>, String> {
     let mut normal = String::with_capacity(path_and_query.len());
     normal.push('/');
     normal.push_str(&resolved.join("/"));
+    if normal.contains("//") {
+        return Err(
+            "an empty path segment (`//`) is ambiguous: some servers collapse a run of slashes and some do not; send single slashes".into(),
+        );
+    }
     normal.push_str(query);
     Ok(Cow::Owned(normal))
+}
+
+/// Whether a decoded path (escapes upper-cased) holds `%25` followed by `2E`, `2F` or
+/// `5C` in either case: an escaped `%` that, decoded once more, makes `.`, `/` or `\`.
+fn double_encoded_separator(decoded: &str) -> bool {
+    decoded.match_indices("%25").any(|(i, _)| {
+        decoded.get(i + 3..i + 5).is_some_and(|hex| {
+            ["2E", "2F", "5C"]
+                .iter()
+                .any(|bad| hex.eq_ignore_ascii_case(bad))
+        })
+    })
 }
 
 /// `Some(".")` or `Some("..")` when the segment, up to any `;`, is a dot-segment.
@@ -510,8 +537,9 @@ mod tests {
             ("/repos/%61cme/x", "/repos/acme/x"),
             ("/a%7e/%41", "/a~/A"),
             ("/a%2f%3a/b", "/a%2F%3A/b"),
-            ("/a//b", "/a//b"),
             ("/a//../b", "/a/b"),
+            ("/a/%2541/b", "/a/%2541/b"),
+            ("/a?q=%252e%252e//x", "/a?q=%252e%252e//x"),
             ("/x/../y?q=/../z", "/y?q=/../z"),
             ("/caf%C3%A9", "/caf%C3%A9"),
         ] {
@@ -535,6 +563,13 @@ mod tests {
             "/repos/acme/x%5C..%5Cother",
             "/repos/acme/..;/other",
             "/repos/acme/.;x/y",
+            "/allowed/%252e%252e/secret",
+            "/allowed/%252E%252E/secret",
+            "/allowed/..%252fsecret",
+            "/allowed/x%255Csecret",
+            "//repos/acme/x",
+            "/repos//acme/x",
+            "/repos/acme//",
             "/a%00b",
             "/a%0a",
             "/a%zz",

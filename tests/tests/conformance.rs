@@ -5,7 +5,8 @@
 //! and where a credential is involved, that it was not sent.
 //!
 //! Classes, by test name (`bypass_<class>`):
-//! path traversal (plain, percent-encoded, encoded slashes, backslashes, `..;`);
+//! path traversal (plain, percent-encoded, double-encoded, encoded slashes,
+//! backslashes, `..;`, runs of slashes);
 //! host case and trailing dot; IDN and punycode look-alikes; suffix look-alikes
 //! against `*.` routes; IP-literal encodings of a routed address and of a private one;
 //! host names resolving to private addresses; requests to the proxy itself;
@@ -104,6 +105,13 @@ async fn bypass_path_traversal_is_resolved_before_the_policy_or_refused() {
         "/echo/..;/status/200",
         "/echo/.;/../status/200",
         "/echo//../../status/200",
+        // Read as `..` by a server that decodes twice.
+        "/echo/%252e%252e/status/200",
+        "/echo/%252E%252E/status/200",
+        "/echo/..%252fstatus/200",
+        // A run of slashes: collapsed by some servers, not by others.
+        "//echo/x",
+        "/echo//x",
     ] {
         let response = in_tunnel(&proxy, port, &format!("GET {path} HTTP/1.1"), "").await;
         assert!(refused(&response), "{path}: {response}");
