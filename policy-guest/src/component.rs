@@ -78,6 +78,7 @@ fn decide(request: wit::Request) -> wit::Verdict {
             status: NOT_CONFIGURED,
             reason: "policy not configured".to_owned(),
             rule: None,
+            headers: Vec::new(),
         },
     };
     to_wit(verdict)
@@ -128,11 +129,15 @@ fn to_wit(verdict: Verdict) -> wit::Verdict {
             status,
             reason,
             rule,
+            headers,
         } => wit::Verdict::Deny(wit::Denial {
             status,
             reason,
             rule,
-            headers: Vec::new(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| wit::ResponseHeader { name, value })
+                .collect(),
             annotations: Vec::new(),
         }),
         Verdict::Inject { headers, rule } => wit::Verdict::Inject(wit::Injection {

@@ -47,6 +47,7 @@ const ROUTE_KEYS: &[&str] = &[
     "token_env",
     "ports",
     "inject_over_http",
+    "methods",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -109,7 +110,65 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
             route.get("inject_over_http"),
         )?
         .unwrap_or(false),
+        methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
     })
+}
+
+/// `methods: [GET, HEAD, …]`: HTTP method tokens in upper case (methods are
+/// case-sensitive), not CONNECT (a tunnel is decided by host and ports).
+fn parse_methods(at: &str, value: Option<&Value>) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new(
+            at,
+            format!(
+                "expected a list of methods such as [GET, HEAD], found {}",
+                kind(value)
+            ),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ConfigError::new(
+            at,
+            "is empty; list at least one method, or omit `methods` to allow any",
+        ));
+    }
+    let mut methods = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let at = format!("{at}[{index}]");
+        let method = expect_str(&at, item)?;
+        let token = !method.is_empty()
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(ConfigError::new(
+                &at,
+                format!("`{method}` is not an HTTP method"),
+            ));
+        }
+        if method != method.to_ascii_uppercase() {
+            return Err(ConfigError::new(
+                &at,
+                format!(
+                    "`{method}`: methods are case-sensitive; write `{}`",
+                    method.to_ascii_uppercase()
+                ),
+            ));
+        }
+        if method == "CONNECT" {
+            return Err(ConfigError::new(
+                &at,
+                "CONNECT is decided by the route's host and ports; list the methods of the requests inside the tunnel",
+            ));
+        }
+        if !methods.iter().any(|m| m == method) {
+            methods.push(method.to_owned());
+        }
+    }
+    Ok(Some(methods))
 }
 
 fn parse_host(at: &str, value: Option<&Value>) -> Result<HostPattern, ConfigError> {

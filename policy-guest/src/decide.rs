@@ -5,9 +5,11 @@
 //! 2. The port must be one the route allows (default 443 for https and CONNECT,
 //!    80 for http) → else 403.
 //! 3. A CONNECT is decided here: the tunnel is allowed.
-//! 4. With a `path_allowlist`, the normalised path must start with an entry
+//! 4. With `methods`, the request's method must be one of them → else 405 with an
+//!    `allow` header listing them.
+//! 5. With a `path_allowlist`, the normalised path must start with an entry
 //!    (see [`crate::path`]) → else 403 (400 for a malformed or ambiguous path).
-//! 5. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
+//! 6. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
 //!    otherwise inject `authorization: <scheme> <secret>`.
 
 use crate::host::normalize_request_host;
@@ -21,6 +23,8 @@ const MAX_QUOTED_CHARS: usize = 200;
 
 /// Status for a refusal by policy.
 const FORBIDDEN: u16 = 403;
+/// Status for a method the route does not allow.
+const METHOD_NOT_ALLOWED: u16 = 405;
 /// Status for a path the policy cannot interpret.
 const BAD_REQUEST: u16 = 400;
 
@@ -55,6 +59,9 @@ impl Routes {
         if connect {
             return allow(route);
         }
+        if let Some(denial) = check_method(route, &request.method) {
+            return denial;
+        }
         if let Some(denial) = check_path(route, &request.path) {
             return denial;
         }
@@ -68,7 +75,26 @@ fn allow(route: &Route) -> Verdict {
     }
 }
 
-/// Step 4: `None` if the path is allowed, else the denial.
+/// Step 4: `None` if the method is allowed, else a 405 naming the allowed ones.
+fn check_method(route: &Route, method: &str) -> Option<Verdict> {
+    let methods = route.methods.as_ref()?;
+    if methods.iter().any(|allowed| allowed == method) {
+        return None;
+    }
+    let allowed = methods.join(", ");
+    Some(Verdict::Deny {
+        status: METHOD_NOT_ALLOWED,
+        reason: format!(
+            "method {} is not allowed for `{}` (allowed: {allowed})",
+            quote(method),
+            route.rule
+        ),
+        rule: Some(route.rule.clone()),
+        headers: vec![("allow".to_owned(), allowed)],
+    })
+}
+
+/// Step 5: `None` if the path is allowed, else the denial.
 fn check_path(route: &Route, path_and_query: &str) -> Option<Verdict> {
     if route.path_allowlist.is_empty() {
         return None;
@@ -128,7 +154,7 @@ fn check_path(route: &Route, path_and_query: &str) -> Option<Verdict> {
     ))
 }
 
-/// Step 5: allow, inject, or refuse to inject over plain http.
+/// Step 6: allow, inject, or refuse to inject over plain http.
 fn credentials(route: &Route, request: &Request, host: &str) -> Verdict {
     let Some(auth) = &route.auth else {
         return allow(route);

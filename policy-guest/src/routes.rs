@@ -47,6 +47,9 @@ pub(crate) struct Route {
     pub(crate) ports: Option<Vec<u16>>,
     /// Inject credentials over plain http too (default: https only).
     pub(crate) inject_over_http: bool,
+    /// Allowed methods for requests inside a tunnel or over plain http, as written
+    /// (upper-case tokens); `None` = any.
+    pub(crate) methods: Option<Vec<String>>,
 }
 
 /// One `path_allowlist` entry.

@@ -16,6 +16,8 @@ pub enum Verdict {
         reason: String,
         /// The rule (route) that denied it, if one matched.
         rule: Option<String>,
+        /// Headers for the deny response, e.g. `allow` on a 405.
+        headers: Vec<(String, String)>,
     },
     /// Forward it with these headers set.
     Inject {
@@ -51,6 +53,7 @@ impl Verdict {
             status,
             reason,
             rule: rule.map(str::to_owned),
+            headers: Vec::new(),
         }
     }
 }

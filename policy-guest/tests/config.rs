@@ -339,3 +339,28 @@ fn wrong_types_are_rejected() {
         "{message}"
     );
 }
+
+#[test]
+fn bad_methods_are_rejected() {
+    for (methods, message) in [
+        ("[]", "routes[0].methods: is empty"),
+        ("\"GET\"", "routes[0].methods: expected a list of methods"),
+        (
+            "[\"get\"]",
+            "routes[0].methods[0]: `get`: methods are case-sensitive; write `GET`",
+        ),
+        ("[\"GET\", 1]", "routes[0].methods[1]: expected a string"),
+        (
+            "[\"GE T\"]",
+            "routes[0].methods[0]: `GE T` is not an HTTP method",
+        ),
+        (
+            "[\"CONNECT\"]",
+            "routes[0].methods[0]: CONNECT is decided by the route's host and ports",
+        ),
+    ] {
+        let message_got =
+            one_route_rejected(&format!(r#"{{"host": "a.example", "methods": {methods}}}"#));
+        assert!(message_got.starts_with(message), "{methods}: {message_got}");
+    }
+}

@@ -299,3 +299,29 @@ fn verdicts_do_not_depend_on_earlier_requests() {
     routes.decide(&get("evil.com", "/"));
     assert_eq!(routes.decide(&allowed), first);
 }
+
+#[test]
+fn methods_limit_requests_and_name_the_allowed_ones() {
+    let routes = one_route(r#"{"host": "pypi.org", "methods": ["GET", "HEAD", "GET"]}"#);
+    let req = |method: &str| request(Scheme::Https, method, "pypi.org", 443, "/simple/");
+    assert_allowed(&routes.decide(&req("GET")), "pypi.org");
+    assert_allowed(&routes.decide(&req("HEAD")), "pypi.org");
+    for method in ["POST", "DELETE", "get", "PROPFIND"] {
+        let verdict = routes.decide(&req(method));
+        let reason = assert_denied(&verdict, 405);
+        assert!(reason.contains("allowed: GET, HEAD"), "{reason}");
+        let Verdict::Deny { headers, rule, .. } = verdict else {
+            unreachable!()
+        };
+        assert_eq!(headers, vec![("allow".to_owned(), "GET, HEAD".to_owned())]);
+        assert_eq!(rule.as_deref(), Some("pypi.org"));
+    }
+    // The tunnel is decided by host and port: `methods` does not apply to CONNECT.
+    assert_allowed(&routes.decide(&connect("pypi.org", 443)), "pypi.org");
+    // Checked before the path: a forbidden method on a forbidden path is a 405.
+    let routes = one_route(
+        r#"{"host": "api.github.com", "methods": ["GET"], "path_allowlist": ["/repos/acme/"]}"#,
+    );
+    let post = request(Scheme::Https, "POST", "api.github.com", 443, "/other");
+    assert_denied(&routes.decide(&post), 405);
+}
