@@ -92,6 +92,14 @@ fn check(routes: &Routes, request: &Request) {
             );
             assert!(!reason.is_empty(), "deny without a reason: {request:?}");
         }
+        Verdict::NeedBody { max_bytes, .. } => {
+            // Only a `max_body_bytes` route asks, for one byte more than its limit.
+            assert!(*max_bytes > 0, "need-body for nothing: {request:?}");
+            assert!(
+                request.method != "CONNECT",
+                "need-body for a CONNECT: {request:?}"
+            );
+        }
         Verdict::Inject { headers, rule } => {
             assert!(rule.is_some(), "inject without a rule: {request:?}");
             assert!(!headers.is_empty(), "inject without headers: {request:?}");

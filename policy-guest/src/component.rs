@@ -54,26 +54,55 @@ impl wit::Guest for Policy {
         }
     }
 
-    /// The default policy decides on the request line alone; it never reads headers.
-    fn decide(request: wit::Request, _headers: &wit::Headers) -> wit::Verdict {
-        decide(request)
+    /// The default policy decides on the request line; it reads `content-length` only
+    /// on routes with `max_body_bytes`.
+    fn decide(request: wit::Request, headers: &wit::Headers) -> wit::Verdict {
+        decide(request, headers, None)
     }
 
-    /// The default policy never answers `need-body`, so the host never calls this; if
-    /// it did, the head decision stands.
+    /// Called after `decide` asked for the body (a `max_body_bytes` route without a
+    /// `content-length`).
     fn decide_body(
         request: wit::Request,
-        _headers: &wit::Headers,
-        _body: &wit::Body,
+        headers: &wit::Headers,
+        body: &wit::Body,
     ) -> wit::Verdict {
-        decide(request)
+        decide(request, headers, Some(body))
     }
 }
 
-fn decide(request: wit::Request) -> wit::Verdict {
+/// The host's resources as the domain's traits.
+struct HostHeaders<'a>(&'a wit::Headers);
+
+impl crate::Headers for HostHeaders<'_> {
+    fn get(&self, name: &str) -> Vec<String> {
+        self.0.get(name)
+    }
+}
+
+struct HostBody<'a>(&'a wit::Body);
+
+impl crate::Body for HostBody<'_> {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn complete(&self) -> bool {
+        self.0.complete()
+    }
+}
+
+fn decide(request: wit::Request, headers: &wit::Headers, body: Option<&wit::Body>) -> wit::Verdict {
     let slot = ROUTES.lock().unwrap_or_else(PoisonError::into_inner);
+    let headers = HostHeaders(headers);
     let verdict = match slot.as_ref() {
-        Some(routes) => routes.decide(&from_wit(request)),
+        Some(routes) => {
+            let request = from_wit(request);
+            match body {
+                Some(body) => routes.decide_body(&request, &headers, &HostBody(body)),
+                None => routes.decide_with_headers(&request, &headers),
+            }
+        }
         None => Verdict::Deny {
             status: NOT_CONFIGURED,
             reason: "policy not configured".to_owned(),
@@ -140,6 +169,9 @@ fn to_wit(verdict: Verdict) -> wit::Verdict {
                 .collect(),
             annotations: Vec::new(),
         }),
+        Verdict::NeedBody { max_bytes, prefix } => {
+            wit::Verdict::NeedBody(wit::BodyNeed { max_bytes, prefix })
+        }
         Verdict::Inject { headers, rule } => wit::Verdict::Inject(wit::Injection {
             headers: headers.into_iter().map(header_to_wit).collect(),
             rule,

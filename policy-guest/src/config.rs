@@ -48,6 +48,7 @@ const ROUTE_KEYS: &[&str] = &[
     "ports",
     "inject_over_http",
     "methods",
+    "max_body_bytes",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -111,7 +112,22 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
         )?
         .unwrap_or(false),
         methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
+        max_body_bytes: parse_size(&format!("{at}.max_body_bytes"), route.get("max_body_bytes"))?,
     })
+}
+
+/// A size in bytes: a whole number, at least 0.
+fn parse_size(at: &str, value: Option<&Value>) -> Result<Option<u64>, ConfigError> {
+    value
+        .map(|value| {
+            value.as_u64().ok_or_else(|| {
+                ConfigError::new(
+                    at,
+                    format!("expected a whole number of bytes, found {}", kind(value)),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// `methods: [GET, HEAD, …]`: HTTP method tokens in upper case (methods are

@@ -7,14 +7,17 @@
 //! 3. A CONNECT is decided here: the tunnel is allowed.
 //! 4. With `methods`, the request's method must be one of them → else 405 with an
 //!    `allow` header listing them.
-//! 5. With a `path_allowlist`, the normalised path must start with an entry
+//! 5. With `max_body_bytes`, a `content-length` over it → 413; without one, the body
+//!    is needed (a prefix of one byte more than the limit): in `decide_body`, more than
+//!    the limit, or a body the host could not hold far enough to tell → 413.
+//! 6. With a `path_allowlist`, the normalised path must start with an entry
 //!    (see [`crate::path`]) → else 403 (400 for a malformed or ambiguous path).
-//! 6. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
+//! 7. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
 //!    otherwise inject `authorization: <scheme> <secret>`.
 
 use crate::host::normalize_request_host;
 use crate::path::{self, NormalPath, PathError};
-use crate::request::{Request, Scheme};
+use crate::request::{Body, Headers, NoHeaders, Request, Scheme};
 use crate::routes::{Route, Routes};
 use crate::verdict::{InjectedHeader, Part, Verdict};
 
@@ -25,12 +28,39 @@ const MAX_QUOTED_CHARS: usize = 200;
 const FORBIDDEN: u16 = 403;
 /// Status for a method the route does not allow.
 const METHOD_NOT_ALLOWED: u16 = 405;
+/// Status for a body over the route's limit.
+const PAYLOAD_TOO_LARGE: u16 = 413;
 /// Status for a path the policy cannot interpret.
 const BAD_REQUEST: u16 = 400;
 
 impl Routes {
-    /// Decides one request. Pure: the same request always gets the same verdict.
+    /// Decides one request without looking at its headers (as if it had none). Pure:
+    /// the same request always gets the same verdict.
     pub fn decide(&self, request: &Request) -> Verdict {
+        self.decide_inner(request, &NoHeaders, None)
+    }
+
+    /// Decides one request, reading `content-length` where a route limits bodies.
+    pub fn decide_with_headers(&self, request: &Request, headers: &impl Headers) -> Verdict {
+        self.decide_inner(request, headers, None)
+    }
+
+    /// Decides a request whose body [`Routes::decide_with_headers`] asked for.
+    pub fn decide_body(
+        &self,
+        request: &Request,
+        headers: &impl Headers,
+        body: &impl Body,
+    ) -> Verdict {
+        self.decide_inner(request, headers, Some(body))
+    }
+
+    fn decide_inner(
+        &self,
+        request: &Request,
+        headers: &impl Headers,
+        body: Option<&dyn Body>,
+    ) -> Verdict {
         let host = normalize_request_host(&request.host);
         let Some(route) = self.route_for(&host) else {
             return Verdict::deny(
@@ -61,6 +91,9 @@ impl Routes {
         }
         if let Some(denial) = check_method(route, &request.method) {
             return denial;
+        }
+        if let Some(verdict) = check_body_size(route, headers, body) {
+            return verdict;
         }
         if let Some(denial) = check_path(route, &request.path) {
             return denial;
@@ -94,7 +127,59 @@ fn check_method(route: &Route, method: &str) -> Option<Verdict> {
     })
 }
 
-/// Step 5: `None` if the path is allowed, else the denial.
+/// Step 5: `None` if the body is within the route's limit, else a 413, or `NeedBody`
+/// when only the body itself can tell.
+fn check_body_size(
+    route: &Route,
+    headers: &impl Headers,
+    body: Option<&dyn Body>,
+) -> Option<Verdict> {
+    let max = route.max_body_bytes?;
+    let too_large = |size: String| {
+        Verdict::deny(
+            PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body ({size}) is over the {max} bytes `{}` allows",
+                route.rule
+            ),
+            Some(&route.rule),
+        )
+    };
+    if let Some(body) = body {
+        return if body.len() > max {
+            Some(too_large(format!("more than {max} bytes")))
+        } else if !body.complete() {
+            Some(too_large(format!(
+                "more than the {} bytes the proxy holds for inspection, so its size is unknown",
+                body.len()
+            )))
+        } else {
+            None
+        };
+    }
+    match headers.get("content-length").as_slice() {
+        [] => Some(Verdict::NeedBody {
+            max_bytes: max.saturating_add(1),
+            prefix: true,
+        }),
+        [value] => match value.trim().parse::<u64>() {
+            Ok(length) if length > max => Some(too_large(format!("{length} bytes"))),
+            Ok(_) => None,
+            Err(_) => Some(Verdict::deny(
+                BAD_REQUEST,
+                format!("invalid content-length `{}`", quote(value)),
+                Some(&route.rule),
+            )),
+        },
+        _ => Some(Verdict::deny(
+            BAD_REQUEST,
+            "more than one content-length".to_owned(),
+            Some(&route.rule),
+        )),
+    }
+}
+
+/// Step 6: `None` if the path is allowed, else the denial.
 fn check_path(route: &Route, path_and_query: &str) -> Option<Verdict> {
     if route.path_allowlist.is_empty() {
         return None;
@@ -154,7 +239,7 @@ fn check_path(route: &Route, path_and_query: &str) -> Option<Verdict> {
     ))
 }
 
-/// Step 6: allow, inject, or refuse to inject over plain http.
+/// Step 7: allow, inject, or refuse to inject over plain http.
 fn credentials(route: &Route, request: &Request, host: &str) -> Verdict {
     let Some(auth) = &route.auth else {
         return allow(route);

@@ -45,6 +45,6 @@ mod routes;
 mod verdict;
 
 pub use config::ConfigError;
-pub use request::{Request, Scheme};
+pub use request::{Body, Headers, NoHeaders, Request, Scheme};
 pub use routes::{Routes, Summary};
 pub use verdict::{InjectedHeader, Part, Verdict};

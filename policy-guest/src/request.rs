@@ -38,3 +38,40 @@ impl Request {
         self.method == "CONNECT"
     }
 }
+
+/// The request's headers, read on demand (in the component, a call to the host).
+/// The default policy reads only `content-length`, and only on routes with
+/// `max_body_bytes`.
+pub trait Headers {
+    /// Every value of header `name` (case-insensitive), in the order sent.
+    fn get(&self, name: &str) -> Vec<String>;
+}
+
+/// No headers at all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHeaders;
+
+impl Headers for NoHeaders {
+    fn get(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl<F: Fn(&str) -> Vec<String>> Headers for F {
+    fn get(&self, name: &str) -> Vec<String> {
+        self(name)
+    }
+}
+
+/// What the default policy needs to know of a held body: how much the host held, and
+/// whether that is all of it.
+pub trait Body {
+    /// Bytes held.
+    fn len(&self) -> u64;
+    /// Whether no byte is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether they are the whole body.
+    fn complete(&self) -> bool;
+}

@@ -50,6 +50,8 @@ pub(crate) struct Route {
     /// Allowed methods for requests inside a tunnel or over plain http, as written
     /// (upper-case tokens); `None` = any.
     pub(crate) methods: Option<Vec<String>>,
+    /// Largest request body, in bytes; `None` = no limit of the policy's own.
+    pub(crate) max_body_bytes: Option<u64>,
 }
 
 /// One `path_allowlist` entry.

@@ -19,6 +19,13 @@ pub enum Verdict {
         /// Headers for the deny response, e.g. `allow` on a 405.
         headers: Vec<(String, String)>,
     },
+    /// Hold the request and decide again with (a prefix of) its body.
+    NeedBody {
+        /// At most this many bytes.
+        max_bytes: u64,
+        /// Whether a prefix is enough.
+        prefix: bool,
+    },
     /// Forward it with these headers set.
     Inject {
         /// Headers to set, replacing any the client sent.

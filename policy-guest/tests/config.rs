@@ -364,3 +364,16 @@ fn bad_methods_are_rejected() {
         assert!(message_got.starts_with(message), "{methods}: {message_got}");
     }
 }
+
+#[test]
+fn max_body_bytes_must_be_a_whole_number() {
+    for bad in ["-1", "1.5", "\"1MiB\"", "null"] {
+        let message = one_route_rejected(&format!(
+            r#"{{"host": "a.example", "max_body_bytes": {bad}}}"#
+        ));
+        assert!(
+            message.starts_with("routes[0].max_body_bytes: expected a whole number of bytes"),
+            "{bad}: {message}"
+        );
+    }
+}

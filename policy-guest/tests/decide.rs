@@ -325,3 +325,70 @@ fn methods_limit_requests_and_name_the_allowed_ones() {
     let post = request(Scheme::Https, "POST", "api.github.com", 443, "/other");
     assert_denied(&routes.decide(&post), 405);
 }
+
+/// A body the host held: `len` bytes, whole or not.
+struct Held(u64, bool);
+
+impl policy_guest::Body for Held {
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn complete(&self) -> bool {
+        self.1
+    }
+}
+
+#[test]
+fn max_body_bytes_is_read_from_content_length_or_from_the_body() {
+    let routes = one_route(r#"{"host": "uploads.example", "max_body_bytes": 100}"#);
+    let post = request(Scheme::Https, "POST", "uploads.example", 443, "/u");
+    let length = |value: &'static str| {
+        move |name: &str| {
+            if name == "content-length" {
+                vec![value.to_owned()]
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    assert_allowed(
+        &routes.decide_with_headers(&post, &length("100")),
+        "uploads.example",
+    );
+    let reason = assert_denied(&routes.decide_with_headers(&post, &length("101")), 413);
+    assert!(
+        reason.contains("(101 bytes) is over the 100 bytes"),
+        "{reason}"
+    );
+    assert_denied(&routes.decide_with_headers(&post, &length("-1")), 400);
+    let two = |name: &str| {
+        if name == "content-length" {
+            vec!["1".to_owned(), "1".to_owned()]
+        } else {
+            Vec::new()
+        }
+    };
+    assert_denied(&routes.decide_with_headers(&post, &two), 400);
+    // No content-length (a chunked body): one byte more than the limit is asked for.
+    assert_eq!(
+        routes.decide(&post),
+        Verdict::NeedBody {
+            max_bytes: 101,
+            prefix: true
+        }
+    );
+    let none = policy_guest::NoHeaders;
+    assert_allowed(
+        &routes.decide_body(&post, &none, &Held(100, true)),
+        "uploads.example",
+    );
+    assert_denied(&routes.decide_body(&post, &none, &Held(101, false)), 413);
+    // The host held less than the limit and not the whole body: unknown size, refused.
+    let reason = assert_denied(&routes.decide_body(&post, &none, &Held(50, false)), 413);
+    assert!(reason.contains("size is unknown"), "{reason}");
+    // A tunnel has no body to check.
+    assert_allowed(
+        &routes.decide(&connect("uploads.example", 443)),
+        "uploads.example",
+    );
+}
