@@ -165,7 +165,11 @@ impl Generation {
                 return fault("the egress policy could not be started");
             }
         };
-        match instance.decide(req, self.config().decide_timeout) {
+        let outcome = {
+            let _call = self.module.shared.enter();
+            instance.decide(req, self.config().decide_timeout)
+        };
+        match outcome {
             Ok(raw) => {
                 let verdict = self.validate(raw, req);
                 self.checkin(instance);
@@ -266,6 +270,7 @@ fn new_instance(
             format!("{e:#}")
         },
     };
+    let _call = shared.enter();
     let mut store = shared.new_store(shared.config.configure_timeout);
     let policy = module.pre.instantiate(&mut store).map_err(start_error)?;
     let summary = policy
