@@ -13,7 +13,9 @@
 //! sources (so in-place writes, editor rename-into-place and the Kubernetes
 //! ConfigMap `..data` symlink swap are all seen), SIGHUP (forces a rebuild), and a
 //! periodic hash check as a safety net. [`Reloader::run`] handles triggers one at a
-//! time and coalesces bursts: reloads never run concurrently.
+//! time and coalesces bursts (file events for [`DEBOUNCE`]): reloads never run
+//! concurrently. Nothing here wakes the process on a timer except the periodic
+//! check, every `--reload-interval`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +31,9 @@ use crate::secrets::SecretSource;
 
 /// How often the sources are hashed even without a file-system event.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
-/// How long file-system events are gathered before one check.
+/// How long file-system events are gathered before one check: from the first event
+/// of a burst (an editor's write and rename, a ConfigMap's symlink swap), so a
+/// steady stream of events still gets a check every 50 ms.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Configured instances created before a new generation is published.
 const PREWARM: usize = 2;
@@ -68,7 +72,8 @@ pub enum ReloadError {
 /// What caused a reload check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// A file-system event in a watched directory.
+    /// A file-system event in a watched directory; [`Reloader::run`] waits
+    /// [`DEBOUNCE`] for the rest of its burst before the check.
     FileEvent,
     /// SIGHUP: rebuild even if nothing changed.
     Signal,
@@ -314,7 +319,9 @@ impl Reloader {
         Ok(Outcome::Reloaded(number))
     }
 
-    /// Handle triggers until `shutdown`: one check at a time, bursts coalesced.
+    /// Handle triggers until `shutdown`: one check at a time, bursts coalesced (a
+    /// file event waits [`DEBOUNCE`] for the rest of its burst; triggers that arrive
+    /// while a check runs make one more check).
     pub async fn run(
         mut self,
         mut triggers: mpsc::UnboundedReceiver<Trigger>,
@@ -328,6 +335,13 @@ impl Reloader {
                 },
                 () = shutdown.cancelled() => return,
             };
+            // A one-shot timer per burst, not a debouncer thread ticking forever.
+            if first == Trigger::FileEvent {
+                tokio::select! {
+                    () = tokio::time::sleep(DEBOUNCE) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
             let mut force = first == Trigger::Signal;
             while let Ok(more) = triggers.try_recv() {
                 force |= more == Trigger::Signal;
@@ -374,45 +388,36 @@ fn record_loaded(status: &ReloadStatus, generation: &Generation, routes_sha: &st
     status.generation.store(number, Ordering::Relaxed);
 }
 
-/// Watch the sources' directories; every debounced batch of events sends one
-/// [`Trigger::FileEvent`]. Keep the returned watcher alive for as long as events are
-/// wanted.
+/// Watch the sources' directories: every file-system event but an access (each
+/// check reads the files, which raises those) sends one [`Trigger::FileEvent`], and
+/// [`Reloader::run`] gathers a burst of them into one check. Keep the returned
+/// watcher alive for as long as events are wanted. Its one thread (notify's inotify
+/// loop) blocks until the kernel has an event: no timer.
 pub fn watch_sources(
     sources: &Sources,
     triggers: mpsc::UnboundedSender<Trigger>,
-) -> Result<
-    notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    notify::Error,
-> {
-    use notify::RecursiveMode;
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        DEBOUNCE,
-        None,
-        move |result: notify_debouncer_full::DebounceEventResult| match result {
-            // Reading the files (as every check does) raises access events: only
-            // changes count.
-            Ok(events) if events.iter().any(|e| !e.kind.is_access()) => {
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if event.kind.is_access() => {}
+            Ok(_) => {
                 let _ = triggers.send(Trigger::FileEvent);
             }
-            Ok(_) => {}
-            Err(errors) => {
-                for err in errors {
-                    tracing::warn!(error = %err, "file watch error; the periodic check still runs");
-                }
+            Err(err) => {
+                tracing::warn!(error = %err, "file watch error; the periodic check still runs");
                 let _ = triggers.send(Trigger::FileEvent);
             }
-        },
-    )?;
+        })?;
     for dir in sources.directories() {
-        debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     }
-    Ok(debouncer)
+    Ok(watcher)
 }
 
-/// Send [`Trigger::Periodic`] every `interval` until the receiver is gone.
+/// Send [`Trigger::Periodic`] every `interval` until the receiver is gone: the only
+/// timer this module keeps while nothing happens (tokio's `interval` arms one timer
+/// at a time; `Delay` means a late tick is not followed by a burst of catch-up ticks).
 pub async fn poll(interval: Duration, triggers: mpsc::UnboundedSender<Trigger>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -405,9 +405,21 @@ async fn reload_under_load_fails_no_request_and_decides_with_a_live_generation()
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(proxy.stop(), "SIGTERM exits 0");
     let events = proxy.events();
+    let denied: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| {
+            e["target"] == "egress_proxy::access"
+                && e["decision"] != "allow"
+                && e["decision"] != "inject"
+        })
+        .collect();
+    let warnings: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["level"] == "WARN" || e["level"] == "ERROR")
+        .collect();
     assert!(
         failures.is_empty(),
-        "{} failed requests: {:?}",
+        "{} failed requests: {:?}\nrefused in the access log: {denied:?}\nwarnings: {warnings:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );

@@ -25,6 +25,14 @@ use tokio_util::task::TaskTracker;
 /// Default listen address (the container image uses `0.0.0.0:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// Default number of worker threads, whatever the number of CPUs (fewer only if the
+/// process may use fewer, e.g. under a CPU limit). A sidecar serves one agent, whose
+/// traffic is a small fraction of what one core handles; a second worker keeps a slow
+/// policy call or TLS handshake from stalling every other connection. One per CPU
+/// (tokio's default) would start 64 threads on a 64-CPU node for no gain. Idle
+/// workers park without a timer either way.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
 /// `egress-proxy run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -138,12 +146,25 @@ pub struct RunArgs {
     /// a body that would exceed it is answered 503 with `retry-after` (nothing waits).
     #[arg(long, env = "EGRESS_PROXY_INSPECT_MEMORY", default_value_t = crate::inspect::DEFAULT_INSPECT_MEMORY)]
     pub inspect_memory: u64,
-    /// Worker threads serving requests. Default: one per CPU.
+    /// Worker threads serving requests. Default: 2, or 1 if the process may use only
+    /// one CPU.
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
 
 impl RunArgs {
+    /// Worker threads to start: --worker-threads, else [`DEFAULT_WORKER_THREADS`]
+    /// capped at the CPUs the process may use; at least one.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, std::num::NonZero::get)
+                    .min(DEFAULT_WORKER_THREADS)
+            })
+            .max(1)
+    }
+
     /// The data-plane settings these flags describe.
     pub fn proxy_config(&self) -> ProxyConfig {
         ProxyConfig {
@@ -194,11 +215,8 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        builder.worker_threads(threads.max(1));
-    }
-    let executor = builder
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads())
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -430,6 +448,10 @@ mod tests {
         assert_eq!(config.inspect.max_body, inspect.max_body);
         assert_eq!(config.inspect.read_timeout, inspect.read_timeout);
         assert_eq!(config.inspect.memory, inspect.memory);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(args.worker_threads(), cpus.min(DEFAULT_WORKER_THREADS));
+        assert_eq!(self::args(&["--worker-threads", "5"]).worker_threads(), 5);
+        assert_eq!(self::args(&["--worker-threads", "0"]).worker_threads(), 1);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The one wasmtime [`Engine`] per process: pooling allocator, epoch interruption
-//! driven by an owned ticker thread, and the [`StoreData`] every instance carries.
+//! driven by an owned ticker thread that runs only while a policy call is in progress
+//! ([`Shared::enter`]), and the [`StoreData`] every instance carries.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::state::{Clock, DEFAULT_STATE_KEYS, StateStore};
 use super::{PolicyError, PolicyStats};
 
-/// How often the epoch advances. Deadlines are whole ticks, so this is their
-/// resolution.
+/// How often the epoch advances while a policy call is in progress. Deadlines are
+/// whole ticks, so this is their resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default bound on one `decide` call.
 pub const DEFAULT_DECIDE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -108,13 +109,16 @@ impl WasiView for StoreData {
 
 /// Shared by the runtime and every module and generation built from it; the epoch
 /// ticker stops when the last of them is dropped.
+///
+/// Guest code runs only under a [`CallGuard`] from [`Shared::enter`]: the epoch
+/// advances only while one is alive.
 pub(crate) struct Shared {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StoreData>,
     pub(crate) config: RuntimeConfig,
     pub(crate) stats: Arc<PolicyStats>,
     pub(crate) state: Arc<StateStore>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Shared {
@@ -143,8 +147,27 @@ impl Shared {
             config,
             stats: Arc::default(),
             state,
-            _ticker: ticker,
+            ticker,
         })
+    }
+
+    /// Mark a policy call as in progress until the returned guard is dropped; the
+    /// epoch ticker runs while any guard is alive, and parks (no timer at all) while
+    /// none is. Hold one around **every** call into guest code — instantiation,
+    /// `configure`, `decide`, `decide-body` — and set the store's epoch deadline while
+    /// holding it (or just before: the epoch stands still while no call is in
+    /// progress, so a deadline set then still counts from now):
+    ///
+    /// ```ignore
+    /// let _call = shared.enter();
+    /// store.set_epoch_deadline(RuntimeConfig::ticks(timeout));
+    /// let result = policy.egress_policy_decider().call_decide(&mut store, ...);
+    /// ```
+    ///
+    /// Guards nest and may be held on any number of threads at once. Cheap: two
+    /// atomic operations, plus a wake-up of the ticker thread only when it had parked.
+    pub(crate) fn enter(&self) -> CallGuard<'_> {
+        self.ticker.enter()
     }
 
     /// A fresh store: empty WASI context (no env, args, files, sockets; stdio closed),
@@ -195,44 +218,209 @@ fn engine_config(config: &RuntimeConfig) -> Config {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated OS thread (not a
-/// tokio task: a guest stuck in a loop must not be able to starve it). Stops and
-/// joins when dropped.
+/// tokio task: a guest stuck in a loop must not be able to starve it), but only while
+/// a policy call is in progress: with no [`CallGuard`] alive the thread parks without
+/// a timeout, so an idle proxy is not woken a hundred times a second.
+///
+/// The epoch then stands still, which keeps every deadline exact: a deadline is a
+/// number of ticks from the epoch current when it is set, and ticks resume as soon as
+/// a call enters. A call that enters while the ticker is parked wakes it; the first
+/// tick comes one full [`EPOCH_TICK`] later, so that call gets the whole of
+/// [`RuntimeConfig::ticks`] (the upper end of the range a call that starts between
+/// two ticks of a running ticker gets). Ticks are at least [`EPOCH_TICK`] apart either
+/// way, so no call is ever interrupted before its timeout.
+///
+/// The protocol, and why no wake-up is lost: a guard increments `calls` and, on
+/// 0 → 1, unparks the thread. The thread, before every tick, reads `calls`; on 0 it
+/// parks. An unpark that lands between that read and the park leaves a token, and the
+/// park returns at once. After any wake-up the thread ticks once before it looks at
+/// `calls` again, so under steady traffic (a call entering in every tick) it keeps
+/// ticking like a plain timer and no request pays for waking it; it parks at most two
+/// ticks after the last call ends. Stops and joins (within one tick) when dropped.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    state: Arc<TickerState>,
     thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct TickerState {
+    /// Live [`CallGuard`]s.
+    calls: AtomicUsize,
+    /// Ticks so far (for tests and diagnostics).
+    ticks: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// A policy call in progress: the epoch ticker runs while any guard is alive. Made by
+/// [`Shared::enter`]; dropping it ends the call.
+#[must_use = "the call counts as in progress only while the guard is alive"]
+pub(crate) struct CallGuard<'a> {
+    ticker: &'a EpochTicker,
+}
+
+impl std::fmt::Debug for CallGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.ticker.state.calls.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl EpochTicker {
     fn start(engine: &Engine) -> Result<Self, PolicyError> {
         let weak = engine.weak();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let state = Arc::new(TickerState::default());
+        let shared = Arc::clone(&state);
         let thread = thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    thread::park_timeout(EPOCH_TICK);
+                while !shared.stop.load(Ordering::SeqCst) {
+                    if shared.calls.load(Ordering::SeqCst) == 0 {
+                        // No call in progress: sleep until a guard's unpark (or a stale
+                        // token, or a spurious wake-up: then one tick and look again).
+                        // Tick once after any wake-up, even if the call that woke us
+                        // has ended by now: otherwise every call would wake us anew.
+                        thread::park();
+                        if shared.stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                    // Not `park_timeout`: a guard's unpark must not end a tick early
+                    // (or wake this thread at all while it is ticking).
+                    thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
                     }
+                    shared.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Self {
-            stop,
+            state,
             thread: Some(thread),
         })
+    }
+
+    fn enter(&self) -> CallGuard<'_> {
+        if self.state.calls.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+        CallGuard { ticker: self }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
             // A panic in the ticker has nothing left to clean up.
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn ticks(shared: &Shared) -> u64 {
+        shared.ticker.state.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the ticker has parked: no tick for 100 ms (ten ticks' time). Fails
+    /// if it keeps ticking for 5 s.
+    fn until_parked(shared: &Shared) {
+        let start = Instant::now();
+        let mut last = ticks(shared);
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(100) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the epoch ticker is still ticking with no call in progress"
+            );
+            thread::sleep(Duration::from_millis(5));
+            let now = ticks(shared);
+            if now != last {
+                (last, quiet_since) = (now, Instant::now());
+            }
+        }
+    }
+
+    /// Wait until `n` more ticks than `from` have happened; fails after 5 s.
+    fn until_ticked(shared: &Shared, from: u64, n: u64) -> Duration {
+        let start = Instant::now();
+        while ticks(shared) < from + n {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no epoch tick while a call is in progress"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        start.elapsed()
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_a_call_is_in_progress() {
+        let shared = Shared::new(RuntimeConfig::default()).unwrap();
+        until_parked(&shared);
+        let idle = ticks(&shared);
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(ticks(&shared), idle, "ticked while idle");
+
+        let call = shared.enter();
+        let nested = shared.enter();
+        thread::sleep(Duration::from_millis(100));
+        drop(nested);
+        let busy = ticks(&shared) - idle;
+        // Ticks are at least EPOCH_TICK apart: at most 10 in 100 ms (+1 for the
+        // sleep's own overshoot); at least one even on a busy machine.
+        assert!((1..=11).contains(&busy), "{busy} ticks in 100 ms");
+        // Still ticking for the outer guard.
+        until_ticked(&shared, ticks(&shared), 2);
+        drop(call);
+
+        until_parked(&shared);
+        let after = ticks(&shared);
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(ticks(&shared), after, "ticked after the last call ended");
+    }
+
+    /// A call entering at any moment relative to the ticker's decision to park (just
+    /// before, during, just after) gets ticks: no lost wake-up.
+    #[test]
+    fn a_call_entering_as_the_ticker_parks_still_gets_ticks() {
+        let shared = Shared::new(RuntimeConfig::default()).unwrap();
+        for i in 0..60u64 {
+            let call = shared.enter();
+            until_ticked(&shared, ticks(&shared), 2);
+            drop(call);
+            // 0–29 ms: lands before, at and after the tick on which it parks.
+            thread::sleep(Duration::from_micros((i * 7_919) % 30_000));
+        }
+        // Many short calls from several threads, then one that must see ticks.
+        thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        let _call = shared.enter();
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+        });
+        let call = shared.enter();
+        until_ticked(&shared, ticks(&shared), 2);
+        drop(call);
+        until_parked(&shared);
     }
 }

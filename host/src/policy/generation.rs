@@ -217,6 +217,8 @@ impl Generation {
         // which a tokio worker cannot. The panic unwinds out of the guest; the
         // instance is discarded and the request denied, as for a trap.
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The epoch ticks only while a guest call is in progress.
+            let _call = self.module.shared.enter();
             guest(&mut instance, &validator)
         }));
         let result = called.unwrap_or_else(|_| {

@@ -60,6 +60,8 @@ impl Instance {
             },
         };
         let rejected = |msg: String| PolicyError::Rejected(Validator::text(&msg));
+        // Instantiation and `configure` run guest code: the epoch must tick.
+        let _call = shared.enter();
         let mut store = shared.new_store(shared.config.configure_timeout);
         let (exports, summary) = match &module.pre {
             Pre::V1(pre) => {
