@@ -155,17 +155,18 @@ impl Shared {
     /// epoch ticker runs while any guard is alive, and parks (no timer at all) while
     /// none is. Hold one around **every** call into guest code — instantiation,
     /// `configure`, `decide`, `decide-body` — and set the store's epoch deadline while
-    /// holding it (or just before: the epoch stands still while no call is in
-    /// progress, so a deadline set then still counts from now):
+    /// holding it (or immediately before: a deadline counts from the epoch current
+    /// when it is set):
     ///
-    /// ```ignore
+    /// ```text
     /// let _call = shared.enter();
     /// store.set_epoch_deadline(RuntimeConfig::ticks(timeout));
     /// let result = policy.egress_policy_decider().call_decide(&mut store, ...);
     /// ```
     ///
-    /// Guards nest and may be held on any number of threads at once. Cheap: two
-    /// atomic operations, plus a wake-up of the ticker thread only when it had parked.
+    /// Guards nest and may be held on any number of threads at once. Cheap: an atomic
+    /// add and subtract, an atomic swap when the count goes 0 → 1, and a system call
+    /// to wake the ticker thread only if it had parked (at most once per tick).
     pub(crate) fn enter(&self) -> CallGuard<'_> {
         self.ticker.enter()
     }
