@@ -21,8 +21,9 @@ pub struct ForwardBody {
     /// Trailers read while holding the body.
     trailers: Option<HeaderMap>,
     /// The share of the inspection memory budget the held bytes use; returned when
-    /// they have been handed on.
-    permit: Option<OwnedSemaphorePermit>,
+    /// this body is dropped (the upstream client keeps the held bytes in its send
+    /// buffers until they are written, so handing them on does not free them).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl ForwardBody {
@@ -32,7 +33,7 @@ impl ForwardBody {
             held: None,
             rest: Some(body),
             trailers: None,
-            permit: None,
+            _permit: None,
         }
     }
 
@@ -47,7 +48,7 @@ impl ForwardBody {
             held: (!held.is_empty()).then_some(held),
             rest,
             trailers,
-            permit,
+            _permit: permit,
         }
     }
 }
@@ -62,7 +63,6 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         if let Some(held) = this.held.take() {
-            this.permit = None;
             return Poll::Ready(Some(Ok(Frame::data(held))));
         }
         if let Some(rest) = &mut this.rest {
