@@ -25,12 +25,12 @@ use tokio_util::task::TaskTracker;
 /// Default listen address (the container image uses `0.0.0.0:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Default number of worker threads, whatever the number of CPUs (fewer only if the
-/// process may use fewer, e.g. under a CPU limit). A sidecar serves one agent, whose
-/// traffic is a small fraction of what one core handles; a second worker keeps a slow
-/// policy call or TLS handshake from stalling every other connection. One per CPU
-/// (tokio's default) would start 64 threads on a 64-CPU node for no gain. Idle
-/// workers park without a timer either way.
+/// Default number of worker threads, whatever the number of CPUs. A sidecar serves one
+/// agent, whose traffic is a small fraction of what one core handles; a second worker
+/// keeps a slow policy call (up to its timeout) or a TLS handshake from stalling every
+/// other connection, even under a one-CPU limit (the kernel time-slices the two).
+/// One per CPU (tokio's default) would start 64 threads on a 64-CPU node for no gain.
+/// Idle workers park without a timer either way.
 pub const DEFAULT_WORKER_THREADS: usize = 2;
 
 /// `egress-proxy run`
@@ -137,25 +137,12 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_PROXY_STREAM_WINDOW", default_value_t = Limits::default().stream_window,
           value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub stream_window: u32,
-    /// Worker threads serving requests. Default: 2, or 1 if the process may use only
-    /// one CPU.
-    #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    /// Worker threads serving requests (at least 1).
+    #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
+    pub worker_threads: usize,
 }
 
 impl RunArgs {
-    /// Worker threads to start: --worker-threads, else [`DEFAULT_WORKER_THREADS`]
-    /// capped at the CPUs the process may use; at least one.
-    pub fn worker_threads(&self) -> usize {
-        self.worker_threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map_or(1, std::num::NonZero::get)
-                    .min(DEFAULT_WORKER_THREADS)
-            })
-            .max(1)
-    }
-
     /// The data-plane settings these flags describe.
     pub fn proxy_config(&self) -> ProxyConfig {
         ProxyConfig {
@@ -202,7 +189,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
     let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
     let executor = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads())
+        .worker_threads(args.worker_threads.max(1))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -430,10 +417,7 @@ mod tests {
             UpstreamConfig::default().pool_idle_timeout
         );
         assert!(config.upstream.guard.allowed().is_empty());
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(args.worker_threads(), cpus.min(DEFAULT_WORKER_THREADS));
-        assert_eq!(self::args(&["--worker-threads", "5"]).worker_threads(), 5);
-        assert_eq!(self::args(&["--worker-threads", "0"]).worker_threads(), 1);
+        assert_eq!(args.worker_threads, DEFAULT_WORKER_THREADS);
     }
 
     #[test]
