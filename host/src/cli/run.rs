@@ -25,12 +25,12 @@ use tokio_util::task::TaskTracker;
 /// Default listen address (the container image uses `0.0.0.0:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Default number of worker threads, whatever the number of CPUs (fewer only if the
-/// process may use fewer, e.g. under a CPU limit). A sidecar serves one agent, whose
-/// traffic is a small fraction of what one core handles; a second worker keeps a slow
-/// policy call or TLS handshake from stalling every other connection. One per CPU
-/// (tokio's default) would start 64 threads on a 64-CPU node for no gain. Idle
-/// workers park without a timer either way.
+/// Default number of worker threads, whatever the number of CPUs. A sidecar serves one
+/// agent, whose traffic is a small fraction of what one core handles; a second worker
+/// keeps a slow policy call (up to its timeout) or a TLS handshake from stalling every
+/// other connection, even under a one-CPU limit (the kernel time-slices the two).
+/// One per CPU (tokio's default) would start 64 threads on a 64-CPU node for no gain.
+/// Idle workers park without a timer either way.
 pub const DEFAULT_WORKER_THREADS: usize = 2;
 
 /// `egress-proxy run`
@@ -146,25 +146,12 @@ pub struct RunArgs {
     /// a body that would exceed it is answered 503 with `retry-after` (nothing waits).
     #[arg(long, env = "EGRESS_PROXY_INSPECT_MEMORY", default_value_t = crate::inspect::DEFAULT_INSPECT_MEMORY)]
     pub inspect_memory: u64,
-    /// Worker threads serving requests. Default: 2, or 1 if the process may use only
-    /// one CPU.
-    #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    /// Worker threads serving requests (at least 1).
+    #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
+    pub worker_threads: usize,
 }
 
 impl RunArgs {
-    /// Worker threads to start: --worker-threads, else [`DEFAULT_WORKER_THREADS`]
-    /// capped at the CPUs the process may use; at least one.
-    pub fn worker_threads(&self) -> usize {
-        self.worker_threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map_or(1, std::num::NonZero::get)
-                    .min(DEFAULT_WORKER_THREADS)
-            })
-            .max(1)
-    }
-
     /// The data-plane settings these flags describe.
     pub fn proxy_config(&self) -> ProxyConfig {
         ProxyConfig {
@@ -216,7 +203,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
     let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
     let executor = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads())
+        .worker_threads(args.worker_threads.max(1))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -448,10 +435,7 @@ mod tests {
         assert_eq!(config.inspect.max_body, inspect.max_body);
         assert_eq!(config.inspect.read_timeout, inspect.read_timeout);
         assert_eq!(config.inspect.memory, inspect.memory);
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(args.worker_threads(), cpus.min(DEFAULT_WORKER_THREADS));
-        assert_eq!(self::args(&["--worker-threads", "5"]).worker_threads(), 5);
-        assert_eq!(self::args(&["--worker-threads", "0"]).worker_threads(), 1);
+        assert_eq!(args.worker_threads, DEFAULT_WORKER_THREADS);
     }
 
     #[test]
