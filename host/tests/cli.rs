@@ -43,7 +43,12 @@ fn check_prints_a_summary() {
     let out = proxy(&["policy", "check", "--routes", "examples/routes.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("rules:   4"), "{text}");
+    assert!(text.contains("rules:   5"), "{text}");
+    assert!(
+        text.contains("rule ids: api.github.com, pypi.org, *.pythonhosted.org"),
+        "{text}"
+    );
+    assert!(text.contains("egress:policy@0.2.0"), "{text}");
     assert!(text.contains("secrets: GH_PAT, REGISTRY_TOKEN"), "{text}");
     assert!(text.contains("the built-in policy (sha256 "), "{text}");
 }
