@@ -65,18 +65,27 @@ fuzz_target!(|data: &[u8]| {
 
         let rule = case.expect.rule.clone();
         let verdicts = [
-            Verdict::Allow { rule: rule.clone() },
-            Verdict::Allow { rule: None },
+            Verdict::Allow {
+                rule: rule.clone(),
+                annotations: Vec::new(),
+            },
+            Verdict::Allow {
+                rule: None,
+                annotations: Vec::new(),
+            },
             Verdict::Deny(Denial {
                 status: case.expect.status.unwrap_or(403),
                 reason: case.expect.reason.clone().unwrap_or_default(),
                 rule: rule.clone(),
                 kind: DenyKind::Policy,
+                headers: Vec::new(),
+                annotations: Vec::new(),
             }),
             Verdict::Deny(Denial::host(DenyKind::PolicyFault, "fault", None)),
             Verdict::Inject {
                 headers: injected,
                 rule,
+                annotations: Vec::new(),
             },
         ];
         for verdict in &verdicts {
