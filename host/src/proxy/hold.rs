@@ -106,7 +106,7 @@ pub(crate) async fn decide(
     let permit = proxy
         .inspect_budget
         .reserve(raw_budget.saturating_add(decoded_budget))?;
-    let held = tokio::time::timeout(config.read_timeout, read(body, limit))
+    let held = tokio::time::timeout(config.read_timeout, read(body, limit, raw_budget))
         .await
         .map_err(|_| BodyRefusal::Timeout(config.read_timeout))??;
     let view = inspect::policy_body(
@@ -156,14 +156,17 @@ struct Held {
     trailers: Option<HeaderMap>,
 }
 
-/// Read until the body ends or more than `limit` bytes are held.
-async fn read(mut body: Incoming, limit: u64) -> Result<Held, BodyRefusal> {
+/// Read until the body ends or more than `limit` bytes are held. Each frame is copied
+/// into one buffer of `capacity` (the reserved size) as it arrives, so the frames'
+/// own buffers (slices of hyper's read buffers, which a held slice would keep alive)
+/// are freed at once and what is held is what was reserved.
+async fn read(mut body: Incoming, limit: u64, capacity: u64) -> Result<Held, BodyRefusal> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut held = 0usize;
+    let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+    let mut held = BytesMut::with_capacity(capacity.min(limit.saturating_add(1)));
     let mut trailers = None;
     let mut ended = false;
-    while held <= limit {
+    while held.len() <= limit {
         match body.frame().await {
             None => {
                 ended = true;
@@ -171,10 +174,7 @@ async fn read(mut body: Incoming, limit: u64) -> Result<Held, BodyRefusal> {
             }
             Some(Err(err)) => return Err(BodyRefusal::Read(err.to_string())),
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    held = held.saturating_add(data.len());
-                    chunks.push(data);
-                }
+                Ok(data) => held.extend_from_slice(&data),
                 Err(frame) => {
                     trailers = frame.into_trailers().ok();
                     ended = true;
@@ -183,20 +183,9 @@ async fn read(mut body: Incoming, limit: u64) -> Result<Held, BodyRefusal> {
             },
         }
     }
-    let raw = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(held);
-            for chunk in chunks {
-                joined.extend_from_slice(&chunk);
-            }
-            joined.freeze()
-        }
-    };
     let rest = (!ended && !body.is_end_stream()).then_some(body);
     Ok(Held {
-        raw,
+        raw: held.freeze(),
         rest,
         trailers,
     })
