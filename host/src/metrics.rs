@@ -29,10 +29,24 @@ struct RequestLabels {
     status: u16,
 }
 
+/// Labels of `egress_proxy_dns_queries_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    decision: &'static str,
+}
+
+/// Labels of `egress_proxy_transparent_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
 /// What the data plane records.
 #[derive(Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
+    dns_queries: Family<DnsLabels, Counter>,
+    transparent_refused: Family<RefusedLabels, Counter>,
     request_duration: Histogram,
     decide_duration: Histogram,
     open_connections: Gauge,
@@ -43,6 +57,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
+            dns_queries: Family::default(),
+            transparent_refused: Family::default(),
             // 100 µs .. ~105 s
             request_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 11)),
             // 1 µs .. ~4 ms
@@ -65,6 +81,19 @@ impl Metrics {
     /// One `decide()` call.
     pub fn decided(&self, duration: Duration) {
         self.decide_duration.observe(duration.as_secs_f64());
+    }
+
+    /// One DNS query answered, by decision (`answer`, `nxdomain`, `empty`, ...).
+    pub fn dns_query(&self, decision: &'static str) {
+        self.dns_queries.get_or_create(&DnsLabels { decision }).inc();
+    }
+
+    /// A redirected connection the transparent listener refused before any request
+    /// (`no-sni`, `not-http`, `handshake`, ...).
+    pub fn transparent_refused(&self, reason: &'static str) {
+        self.transparent_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 
     /// A client connection refused because the proxy was at its connection limit.
@@ -198,6 +227,16 @@ pub fn registry(
         "egress_proxy_connections_shed",
         "client connections answered 503 because --max-connections were open",
         metrics.shed_connections.clone(),
+    );
+    registry.register(
+        "egress_proxy_dns_queries",
+        "DNS queries answered, by decision (answer, nxdomain, empty, guard_refused, servfail, refused)",
+        metrics.dns_queries.clone(),
+    );
+    registry.register(
+        "egress_proxy_transparent_refused",
+        "redirected connections refused before any request, by reason (no_sni, not_http, not_tls_or_http, handshake, no_bytes)",
+        metrics.transparent_refused.clone(),
     );
     registry.register_collector(Box::new(Status {
         runtime,

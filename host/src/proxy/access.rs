@@ -6,7 +6,8 @@
 //! `inject`, `deny`, or `error` for a request the proxy could not complete), `rule`,
 //! `deny_kind`, `status`, `bytes` (response body bytes sent to the client),
 //! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
-//! `policy` (the module's sha256 prefix), `annotations` (the policy's notes on its verdict
+//! `policy` (the module's sha256 prefix), `original_dst` (the address a connection
+//! redirected to the transparent listener was dialled to, `-` otherwise), `annotations` (the policy's notes on its verdict
 //! as a JSON object, `-` for none), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
@@ -61,6 +62,18 @@ impl std::fmt::Display for Notes<'_> {
     }
 }
 
+/// A redirected connection's original destination in the log, `-` for none.
+struct OriginalDst(Option<SocketAddr>);
+
+impl std::fmt::Display for OriginalDst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// One request's log line, filled in as the request goes through the pipeline.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
@@ -80,6 +93,8 @@ pub struct AccessRecord {
     pub(crate) status: u16,
     pub(crate) generation: Option<(u64, String)>,
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// The original destination of a redirected (transparent) connection.
+    pub(crate) original: Option<SocketAddr>,
 }
 
 impl AccessRecord {
@@ -109,6 +124,7 @@ impl AccessRecord {
             status: 0,
             generation: None,
             metrics: None,
+            original: None,
         }
     }
 
@@ -137,6 +153,7 @@ impl AccessRecord {
             duration_ms = format_args!("{duration_ms:.3}"),
             generation = self.generation.as_ref().map_or(0, |g| g.0),
             policy = self.generation.as_ref().map_or("-", |g| g.1.as_str()),
+            original_dst = %OriginalDst(self.original),
             outcome = if complete { "complete" } else { "aborted" },
             "access"
         );

@@ -57,6 +57,13 @@ impl ProxyBody {
         self
     }
 
+    /// Write the access-log line now, as complete, without sending the body: a
+    /// decision logged before its answer can be delivered (a transparent TLS denial
+    /// is logged before the handshake that would carry it).
+    pub(crate) fn log_now(mut self) {
+        self.finish(true);
+    }
+
     fn finish(&mut self, complete: bool) {
         if let Some(record) = self.record.take() {
             record.emit(self.bytes, complete);

@@ -1,4 +1,6 @@
-//! CONNECT: decide the tunnel, then intercept it.
+//! CONNECT: decide the tunnel, then intercept it. [`decide`] and [`serve_intercepted`]
+//! are also the transparent listener's TLS path (the SNI and original port stand in
+//! for the CONNECT target).
 //!
 //! 1. The CONNECT target (`host:port`) is decided by the policy like any request
 //!    (method `CONNECT`, no path). A denial is the CONNECT's answer: no TLS work is
@@ -26,18 +28,105 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
-use super::access::Outcome;
+use super::access::{AccessRecord, Outcome};
 use super::body::ProxyBody;
 use super::framing::{Ambiguity, FramingWatch};
 use super::pipeline::{self, Exchange};
 use super::prefixed::Prefixed;
 use super::respond::Refusal;
 use super::{Proxy, server};
-use crate::policy::{self, Decision, Head, Scheme};
+use crate::policy::{self, Decision, Generation, Head, Scheme};
 use crate::target::{Target, TargetError};
 
 /// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What the policy (or the proxy on its behalf) decided about a tunnel.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Intercept the tunnel with this TLS configuration (the host's leaf).
+    Intercept(Arc<ServerConfig>),
+    /// The policy denied the tunnel (its JSON 403, or the status it chose).
+    Deny(policy::Denial, Arc<Generation>),
+    /// The proxy refused it (bad target, address guard, internal error).
+    Refuse(Refusal),
+}
+
+impl Verdict {
+    /// The answer for `record` under a refusing verdict: the CONNECT's answer in
+    /// explicit mode, and in transparent mode the answer to every request inside the
+    /// TLS session. `None` for [`Verdict::Intercept`].
+    pub(crate) fn refusal(&self, record: AccessRecord) -> Option<Response<ProxyBody>> {
+        match self {
+            Verdict::Intercept(_) => None,
+            Verdict::Deny(denial, generation) => {
+                Some(pipeline::denied(record, denial, generation))
+            }
+            Verdict::Refuse(refusal) => Some(pipeline::refuse(record, refusal)),
+        }
+    }
+}
+
+/// A tunnel's decision and its access-log line (method `CONNECT`), filled in with the
+/// decision; the caller sets the status and emits it.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    pub(crate) record: AccessRecord,
+    pub(crate) verdict: Verdict,
+}
+
+/// Decide a tunnel to `exchange.target`: the address guard for an IP literal, then the
+/// policy (method `CONNECT`, no path, `headers`), then the leaf certificate. The one
+/// decision for explicit CONNECT and for a transparent TLS connection's SNI.
+pub(crate) fn decide(proxy: &Proxy, exchange: &Exchange, headers: Vec<(String, String)>) -> Tunnel {
+    let mut record = exchange.record("CONNECT");
+    if let Err(refusal) = pipeline::check_destination(proxy, &exchange.target) {
+        return Tunnel {
+            record,
+            verdict: Verdict::Refuse(refusal),
+        };
+    }
+    let request = policy::Request::new("CONNECT", exchange.target.clone(), headers, exchange.client);
+    let generation = proxy.generation();
+    record.generation = Some(pipeline::generation_id(&generation));
+    let deciding = Instant::now();
+    // A CONNECT never gets a body phase: `need-body` for one is refused as an
+    // invalid verdict by the generation.
+    let decision = match generation.decide(&request) {
+        Head::Decided(decision) => decision,
+        Head::NeedBody(_) => Decision::Deny(policy::Denial::host(
+            policy::DenyKind::InvalidVerdict,
+            "the egress policy asked for the body of a CONNECT",
+            None,
+        )),
+    };
+    proxy.metrics.decided(deciding.elapsed());
+    match decision {
+        Decision::Deny(denial) => {
+            return Tunnel {
+                record,
+                verdict: Verdict::Deny(denial, generation),
+            };
+        }
+        Decision::Allow { rule, annotations } => {
+            record.outcome = Outcome::Allow;
+            record.rule = rule;
+            record.annotations = annotations;
+        }
+        Decision::Inject {
+            rule, annotations, ..
+        } => {
+            record.outcome = Outcome::Inject;
+            record.rule = rule;
+            record.annotations = annotations;
+        }
+    }
+    let verdict = match proxy.tls.server_config_for(&exchange.target.host) {
+        Ok(config) => Verdict::Intercept(config),
+        Err(err) => Verdict::Refuse(Refusal::Internal(err.to_string())),
+    };
+    Tunnel { record, verdict }
+}
 
 /// Answer a CONNECT request: deny it, or accept it and intercept the tunnel.
 pub(crate) async fn handle(
@@ -64,48 +153,25 @@ pub(crate) async fn handle(
         client,
         target,
         metrics: proxy.metrics.clone(),
+        original: None,
     };
-    let mut record = exchange.record("CONNECT");
-    if let Err(refusal) = pipeline::check_destination(proxy, &exchange.target) {
-        return pipeline::refuse(record, &refusal);
-    }
     let policy_headers = match super::headers::for_policy(req.headers()) {
         Ok(h) => h,
-        Err(reason) => return pipeline::refuse(record, &Refusal::BadRequest(reason)),
-    };
-    let request = policy::Request::new("CONNECT", exchange.target.clone(), policy_headers, client);
-    let generation = proxy.generation();
-    record.generation = Some(pipeline::generation_id(&generation));
-    let deciding = Instant::now();
-    // A CONNECT never gets a body phase: `need-body` for one is refused as an
-    // invalid verdict by the generation.
-    let decision = match generation.decide(&request) {
-        Head::Decided(decision) => decision,
-        Head::NeedBody(_) => Decision::Deny(policy::Denial::host(
-            policy::DenyKind::InvalidVerdict,
-            "the egress policy asked for the body of a CONNECT",
-            None,
-        )),
-    };
-    proxy.metrics.decided(deciding.elapsed());
-    match decision {
-        Decision::Deny(denial) => return pipeline::denied(record, &denial, &generation),
-        Decision::Allow { rule, annotations } => {
-            record.outcome = Outcome::Allow;
-            record.rule = rule;
-            record.annotations = annotations;
+        Err(reason) => {
+            return pipeline::refuse(exchange.record("CONNECT"), &Refusal::BadRequest(reason));
         }
-        Decision::Inject {
-            rule, annotations, ..
-        } => {
-            record.outcome = Outcome::Inject;
-            record.rule = rule;
-            record.annotations = annotations;
+    };
+    let Tunnel {
+        mut record,
+        verdict,
+    } = decide(proxy, &exchange, policy_headers);
+    let tls = match verdict {
+        Verdict::Intercept(tls) => tls,
+        refusing => {
+            return refusing
+                .refusal(record)
+                .unwrap_or_else(|| Refusal::Internal("no tunnel answer".into()).response());
         }
-    }
-    let tls = match proxy.tls.server_config_for(&exchange.target.host) {
-        Ok(config) => config,
-        Err(err) => return pipeline::refuse(record, &Refusal::Internal(err.to_string())),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tunnel_proxy = proxy.clone();
@@ -131,6 +197,7 @@ fn unknown_target(proxy: &Proxy, client: SocketAddr, start: Instant, authority: 
             port: 0,
             path: String::new(),
         },
+        original: None,
     }
 }
 
@@ -171,6 +238,22 @@ async fn intercept(
         }
         Ok(Ok(stream)) => stream,
     };
+    serve_intercepted(proxy, tls_stream, target, client, None).await;
+    Ok(())
+}
+
+/// Serve HTTP/2 or HTTP/1.1 (by ALPN) inside an accepted TLS session to `target`:
+/// every request must name `target` and goes through the pipeline as `https`.
+/// `original` is a redirected connection's original destination (for the log).
+pub(crate) async fn serve_intercepted<S>(
+    proxy: &Arc<Proxy>,
+    tls_stream: tokio_rustls::server::TlsStream<S>,
+    target: Target,
+    client: SocketAddr,
+    original: Option<SocketAddr>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let connect = Arc::new(target);
     let limits = &proxy.config.limits;
@@ -181,10 +264,11 @@ async fn intercept(
         let proxy = service_proxy.clone();
         let connect = connect.clone();
         let ambiguity = ambiguity.clone();
-        async move { Ok::<_, Infallible>(inner(&proxy, req, &connect, client, &ambiguity).await) }
+        async move {
+            Ok::<_, Infallible>(inner(&proxy, req, &connect, client, original, &ambiguity).await)
+        }
     });
     server::serve_tls_connection(proxy, TokioIo::new(io), h2, service).await;
-    Ok(())
 }
 
 /// What a client that sends plain bytes into a tunnel is told, before it is closed.
@@ -202,6 +286,7 @@ async fn inner(
     req: Request<Incoming>,
     connect: &Target,
     client: SocketAddr,
+    original: Option<SocketAddr>,
     ambiguity: &Ambiguity,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
@@ -214,6 +299,7 @@ async fn inner(
             ..connect.clone()
         },
         metrics: proxy.metrics.clone(),
+        original,
     };
     if ambiguity.seen() {
         return pipeline::refuse(

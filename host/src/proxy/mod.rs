@@ -10,6 +10,9 @@
 //! - `hold`: the body phase (hold the request, read the body the policy asked for,
 //!   `decide-body`); `forward_body`: the forwarded request body (held bytes, then the
 //!   rest streamed).
+//! - `transparent`: connections redirected by iptables/nftables: the original
+//!   destination, then TLS by SNI (decided like CONNECT) or plain HTTP by `Host`;
+//!   anything else refused.
 //! - `headers`: credential and hop-by-hop header removal.
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 clients with verified TLS, optional
 //!   upstream proxy.
@@ -29,6 +32,7 @@ mod pipeline;
 mod prefixed;
 mod respond;
 mod server;
+mod transparent;
 pub mod upstream;
 
 use std::future::Future;
@@ -184,10 +188,25 @@ impl Proxy {
     /// Serve on `listener` until `shutdown` resolves; then stop accepting, let
     /// in-flight requests finish for up to the drain timeout, and return.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        if let Ok(addr) = listener.local_addr() {
-            self.config.upstream.guard.refuse_own(addr);
+        self.serve_with(listener, None, shutdown).await;
+    }
+
+    /// [`Proxy::serve`], plus a transparent listener taking connections redirected to
+    /// it by iptables/nftables (`REDIRECT`): the original destination's port and the
+    /// TLS SNI or HTTP `Host` name the target, decided and forwarded like explicit
+    /// requests (see `transparent`).
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        transparent: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        for bound in std::iter::once(&listener).chain(transparent.as_ref()) {
+            if let Ok(addr) = bound.local_addr() {
+                self.config.upstream.guard.refuse_own(addr);
+            }
         }
-        server::serve(self, listener, shutdown).await;
+        server::serve(self, listener, transparent, shutdown).await;
     }
 
     /// The generation new requests are decided by.

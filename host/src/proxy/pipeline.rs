@@ -28,6 +28,9 @@ pub(crate) struct Exchange {
     pub(crate) client: SocketAddr,
     pub(crate) target: Target,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Where a redirected (transparent) connection was dialled to; `None` for the
+    /// explicit listener.
+    pub(crate) original: Option<SocketAddr>,
 }
 
 impl Exchange {
@@ -42,6 +45,7 @@ impl Exchange {
             &self.target.path,
         );
         record.metrics = Some(self.metrics.clone());
+        record.original = self.original;
         record
     }
 }

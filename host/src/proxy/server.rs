@@ -77,10 +77,22 @@ impl Builders {
     }
 }
 
-/// Accept and serve until `shutdown` resolves, then drain.
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The explicit proxy (`--listen`): absolute-form requests and CONNECT.
+    Explicit,
+    /// Connections redirected by iptables/nftables (`--transparent-listen`).
+    Transparent,
+}
+
+/// Accept on the explicit listener (and the transparent one, if any) until `shutdown`
+/// resolves, then drain. Both share the connection limit, the task tracker and the
+/// drain.
 pub(crate) async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    transparent: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -88,36 +100,71 @@ pub(crate) async fn serve(
         .accepting
         .store(true, std::sync::atomic::Ordering::Release);
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    let _ = stream.set_nodelay(true);
-                    let Ok(permit) = proxy.connections.clone().try_acquire_owned() else {
-                        proxy.metrics.shed();
-                        proxy.tasks.spawn(shed(stream, client));
-                        continue;
-                    };
-                    let proxy_for_task = proxy.clone();
-                    let open = proxy.metrics.connection();
-                    let stream = Idle::new(stream, proxy.config.limits.idle_timeout);
-                    proxy.tasks.spawn(async move {
-                        let _open = (open, permit);
-                        serve_client(&proxy_for_task, stream, client).await;
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+            accepted = listener.accept() => accepted.map(|a| (a, Listener::Explicit)),
+            accepted = accept_optional(transparent.as_ref()) => {
+                accepted.map(|a| (a, Listener::Transparent))
+            }
+        };
+        match accepted {
+            Ok(((stream, client), kind)) => accept(&proxy, stream, client, kind),
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
     proxy
         .accepting
         .store(false, std::sync::atomic::Ordering::Release);
     drop(listener);
+    drop(transparent);
     drain(&proxy).await;
+}
+
+/// Accept on `listener`, or never if there is none.
+async fn accept_optional(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serve one accepted connection as a task, or shed it at the connection limit.
+fn accept(proxy: &Arc<Proxy>, stream: TcpStream, client: SocketAddr, kind: Listener) {
+    let _ = stream.set_nodelay(true);
+    let Ok(permit) = proxy.connections.clone().try_acquire_owned() else {
+        proxy.metrics.shed();
+        match kind {
+            Listener::Explicit => {
+                proxy.tasks.spawn(shed(stream, client));
+            }
+            // A redirected client may be speaking TLS or anything else: an HTTP 503
+            // would be noise to it. Closing is the clearest answer.
+            Listener::Transparent => {
+                tracing::warn!(%client, "connection limit reached; closed a redirected connection");
+                drop(stream);
+            }
+        }
+        return;
+    };
+    let proxy_for_task = proxy.clone();
+    let open = proxy.metrics.connection();
+    proxy.tasks.spawn(async move {
+        let _open = (open, permit);
+        match kind {
+            Listener::Explicit => {
+                let stream = Idle::new(stream, proxy_for_task.config.limits.idle_timeout);
+                serve_client(&proxy_for_task, stream, client).await;
+            }
+            Listener::Transparent => {
+                super::transparent::serve_connection(&proxy_for_task, stream, client).await;
+            }
+        }
+    });
 }
 
 /// Answer a connection over the limit with a `503` and close it, reading (and
@@ -181,6 +228,27 @@ async fn serve_client(proxy: &Arc<Proxy>, io: Idle<TcpStream>, client: SocketAdd
         .outer
         .serve_connection_with_upgrades(io, service);
     drive(proxy, conn).await;
+}
+
+/// Serve a plain HTTP/1.1 connection (the transparent listener's plain-HTTP path) with
+/// the client-connection settings.
+pub(crate) async fn serve_http1<I, S>(proxy: &Arc<Proxy>, io: I, service: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    drive(
+        proxy,
+        proxy.builders.outer.serve_connection_with_upgrades(io, service),
+    )
+    .await;
 }
 
 /// Serve the HTTP connection inside an intercepted tunnel.
@@ -253,6 +321,7 @@ async fn handle(
             path,
         },
         metrics: proxy.metrics.clone(),
+        original: None,
     };
     if ambiguity.seen() {
         return pipeline::refuse(
