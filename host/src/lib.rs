@@ -5,6 +5,8 @@
 //! - [`admin`]: the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
 //! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
 //!   only parses and calls in here.
+//! - [`dns`]: the DNS listener (hickory-server): A/AAAA only for names the policy
+//!   routes, NXDOMAIN (never forwarded) for the rest.
 //! - [`guard`]: the upstream address guard (no private, loopback, link-local/metadata
 //!   or other non-public addresses unless allowed; never the proxy's own listeners).
 //! - [`inspect`]: request bodies for the policy's body phase: limits, content codings,
@@ -33,6 +35,7 @@
 pub mod admin;
 pub mod cases;
 pub mod cli;
+pub mod dns;
 pub mod guard;
 pub mod inspect;
 pub mod metrics;

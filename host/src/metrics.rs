@@ -85,7 +85,9 @@ impl Metrics {
 
     /// One DNS query answered, by decision (`answer`, `nxdomain`, `empty`, ...).
     pub fn dns_query(&self, decision: &'static str) {
-        self.dns_queries.get_or_create(&DnsLabels { decision }).inc();
+        self.dns_queries
+            .get_or_create(&DnsLabels { decision })
+            .inc();
     }
 
     /// A redirected connection the transparent listener refused before any request

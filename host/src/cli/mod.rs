@@ -2,10 +2,12 @@
 //! be set through the `EGRESS_PROXY_*` environment variable named in its help.
 
 mod ca;
+mod forced;
 mod policy;
 mod run;
 
 pub use ca::CaCommand;
+pub use forced::{Bound, ForcedArgs};
 pub use run::{DEFAULT_LISTEN, RunArgs};
 
 use std::path::PathBuf;

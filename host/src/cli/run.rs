@@ -149,6 +149,9 @@ pub struct RunArgs {
     /// Worker threads serving requests (at least 1).
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
     pub worker_threads: usize,
+    /// Forced egress: the transparent and DNS listeners.
+    #[command(flatten)]
+    pub forced: super::ForcedArgs,
 }
 
 impl RunArgs {
@@ -202,6 +205,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
     let ca = Arc::new(load_ca(args)?);
+    args.forced.dns_config()?;
     let executor = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .enable_all()
@@ -218,13 +222,16 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
         let admin_local = admin_listener.local_addr().context("admin listener address")?;
         proxy.guard().refuse_own(admin_local);
+        let super::Bound { transparent, dns } = args.forced.bind().await?;
+        let transparent_local = transparent.as_ref().and_then(|l| l.local_addr().ok());
+        let dns_local = dns.as_ref().and_then(|(_, udp, _)| udp.local_addr().ok());
         // Signal handlers go in before "listening" is logged: a SIGHUP or SIGTERM sent
         // as soon as the proxy says it is up must not hit the default action.
         let (triggers, receiver) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let hangup = forward_sighup(triggers.clone(), stop.clone())?;
         let shutdown = shutdown_signal()?;
-        let serving = tokio::spawn(proxy.clone().serve(listener, shutdown));
+        let serving = tokio::spawn(proxy.clone().serve_with(listener, transparent, shutdown));
         // "listening" means accepting (and /readyz says so) by the time it is logged.
         while !proxy.is_accepting() && !serving.is_finished() {
             tokio::task::yield_now().await;
@@ -233,6 +240,8 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         tracing::info!(
             listen = %local,
             admin = %admin_local,
+            transparent = %transparent_local.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            dns = %dns_local.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             policy = %generation.module().origin(),
             policy_sha256 = %generation.module().sha256(),
             routes = %args.policy.routes.display(),
@@ -266,6 +275,9 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         let admin_stop = stop.clone();
         tasks.spawn(admin.serve(admin_listener, async move { admin_stop.cancelled().await }));
         tasks.spawn(reloader.run(receiver, stop.clone()));
+        if let Some((config, udp, tcp)) = dns {
+            tasks.spawn(crate::dns::serve(proxy.clone(), config, udp, tcp, stop.clone()));
+        }
         serving.await.context("the proxy task failed")?;
         stop.cancel();
         tasks.close();

@@ -59,9 +59,7 @@ impl Verdict {
     pub(crate) fn refusal(&self, record: AccessRecord) -> Option<Response<ProxyBody>> {
         match self {
             Verdict::Intercept(_) => None,
-            Verdict::Deny(denial, generation) => {
-                Some(pipeline::denied(record, denial, generation))
-            }
+            Verdict::Deny(denial, generation) => Some(pipeline::denied(record, denial, generation)),
             Verdict::Refuse(refusal) => Some(pipeline::refuse(record, refusal)),
         }
     }
@@ -86,7 +84,8 @@ pub(crate) fn decide(proxy: &Proxy, exchange: &Exchange, headers: Vec<(String, S
             verdict: Verdict::Refuse(refusal),
         };
     }
-    let request = policy::Request::new("CONNECT", exchange.target.clone(), headers, exchange.client);
+    let request =
+        policy::Request::new("CONNECT", exchange.target.clone(), headers, exchange.client);
     let generation = proxy.generation();
     record.generation = Some(pipeline::generation_id(&generation));
     let deciding = Instant::now();

@@ -246,7 +246,10 @@ where
 {
     drive(
         proxy,
-        proxy.builders.outer.serve_connection_with_upgrades(io, service),
+        proxy
+            .builders
+            .outer
+            .serve_connection_with_upgrades(io, service),
     )
     .await;
 }

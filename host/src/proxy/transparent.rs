@@ -107,7 +107,12 @@ pub(crate) async fn serve_connection(proxy: &Arc<Proxy>, stream: TcpStream, clie
             tls(proxy, Prefixed::new(first.to_vec(), io), redirected).await;
         }
         Ok(Ok(1)) => plain(proxy, io, first[0], redirected).await,
-        _ => refused(proxy, redirected, Refused::NoBytes, "no bytes before the timeout"),
+        _ => refused(
+            proxy,
+            redirected,
+            Refused::NoBytes,
+            "no bytes before the timeout",
+        ),
     }
 }
 
@@ -122,13 +127,11 @@ fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
         socket.original_dst_v6()
     };
     match original {
-        Ok(addr) => addr.as_socket().ok_or_else(|| {
-            std::io::Error::other("SO_ORIGINAL_DST returned a non-IP address")
-        }),
+        Ok(addr) => addr
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("SO_ORIGINAL_DST returned a non-IP address")),
         // No NAT entry (not redirected, or no conntrack): the client dialled us.
-        Err(err)
-            if matches!(err.raw_os_error(), Some(code) if code == 2 /* ENOENT */ || code == 92 /* ENOPROTOOPT */) =>
-        {
+        Err(err) if matches!(err.raw_os_error(), Some(code) if code == 2 /* ENOENT */ || code == 92 /* ENOPROTOOPT */) => {
             Ok(local)
         }
         Err(err) => Err(err),
@@ -162,7 +165,12 @@ where
             return refused(proxy, redirected, Refused::Handshake, &reason);
         }
         Err(_) => {
-            return refused(proxy, redirected, Refused::NoBytes, "no complete ClientHello in time");
+            return refused(
+                proxy,
+                redirected,
+                Refused::NoBytes,
+                "no complete ClientHello in time",
+            );
         }
     };
     let Some(sni) = start.client_hello().server_name().map(str::to_owned) else {
@@ -223,10 +231,18 @@ where
     let tls_stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            let reason = format!("TLS handshake failed (does the client trust the proxy's CA?): {err}");
+            let reason =
+                format!("TLS handshake failed (does the client trust the proxy's CA?): {err}");
             return refused(proxy, redirected, Refused::Handshake, &reason);
         }
-        Err(_) => return refused(proxy, redirected, Refused::Handshake, "TLS handshake timed out"),
+        Err(_) => {
+            return refused(
+                proxy,
+                redirected,
+                Refused::Handshake,
+                "TLS handshake timed out",
+            );
+        }
     };
     if intercepting {
         connect::serve_intercepted(
@@ -315,7 +331,13 @@ async fn plain(proxy: &Arc<Proxy>, mut io: Idle<TcpStream>, first: u8, redirecte
     if !is_request_line(&head) {
         let shown: String = String::from_utf8_lossy(&head[..head.len().min(32)])
             .chars()
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' })
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '.'
+                }
+            })
             .collect();
         let reason = format!("neither TLS nor an HTTP/1.x request (first bytes: `{shown}`)");
         return refused(proxy, redirected, Refused::NotTlsOrHttp, &reason);
