@@ -25,6 +25,10 @@ pub struct RunningProxy {
     pub listen: String,
     /// The admin listener, `127.0.0.1:PORT`.
     pub admin: String,
+    /// The transparent listener (`--transparent-listen`), `-` when off.
+    pub transparent: String,
+    /// The DNS listener (`--dns-listen`), `-` when off.
+    pub dns: String,
     state: PathBuf,
 }
 
@@ -77,11 +81,15 @@ impl RunningProxy {
             log: Vec::new(),
             listen: String::new(),
             admin: String::new(),
+            transparent: String::new(),
+            dns: String::new(),
             state: state.to_owned(),
         };
         let listening = proxy.wait_for("egress-proxy listening");
         proxy.listen = listening["listen"].as_str().expect("listen").to_owned();
         proxy.admin = listening["admin"].as_str().expect("admin").to_owned();
+        proxy.transparent = listening["transparent"].as_str().unwrap_or("-").to_owned();
+        proxy.dns = listening["dns"].as_str().unwrap_or("-").to_owned();
         proxy
     }
 
