@@ -4,10 +4,10 @@
 # - hadolint on Dockerfile.egress-proxy and deploy/kubernetes/iptables/Dockerfile, any
 #   finding fails (a rule is ignored only inline, with its reason);
 # - `docker compose config` (Compose's own loader: schema, references between services,
-#   networks, volumes and secrets) on deploy/compose.yaml;
+#   networks, volumes and secrets) on deploy/compose.yaml and deploy/compose.forced.yaml;
 # - kubernetes-validate --strict, for each of K8S_VERSIONS, on the resources of
-#   deploy/kubernetes (as its kustomization.yaml lists them) and of the iptables overlay
-#   (the base with the overlay's JSON patch applied, as kustomize would).
+#   deploy/kubernetes (as its kustomization.yaml lists them) and of the iptables and
+#   forced overlays (the base with the overlay's JSON patch applied, as kustomize would).
 #
 # That the binary accepts the commands these files give it is checked by
 # tests/tests/deploy/ (cargo test). The tools come from PyPI, pinned in
@@ -52,6 +52,7 @@ echo "--- hadolint $("$venv/bin/hadolint" --version)"
 compose=$("$py" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')
 echo "--- $("$compose" version)"
 "$compose" --file deploy/compose.yaml config --quiet || failed+=(compose)
+"$compose" --file deploy/compose.forced.yaml config --quiet || failed+=(compose-forced)
 
 echo "--- kubernetes-validate --strict, Kubernetes ${K8S_VERSIONS[*]}"
 rendered=target/ci-deploy
@@ -94,17 +95,22 @@ def build(directory):
     return resources
 
 
-for name, directory in [("base", "deploy/kubernetes"), ("iptables", "deploy/kubernetes/iptables")]:
+for name, directory in [
+    ("base", "deploy/kubernetes"),
+    ("iptables", "deploy/kubernetes/iptables"),
+    ("forced", "deploy/kubernetes/forced"),
+]:
     docs = build(pathlib.Path(directory))
     (out / f"{name}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     print(f"{directory}: {len(docs)} resources: "
           + ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs))
 PY
-if [ -s "$rendered/base.yaml" ] && [ -s "$rendered/iptables.yaml" ]; then
+if [ -s "$rendered/base.yaml" ] && [ -s "$rendered/iptables.yaml" ] && [ -s "$rendered/forced.yaml" ]; then
     k_args=()
     for version in "${K8S_VERSIONS[@]}"; do k_args+=(-k "$version"); done
     "$venv/bin/kubernetes-validate" --strict --quiet "${k_args[@]}" \
-        "$rendered/base.yaml" "$rendered/iptables.yaml" || failed+=(kubernetes-validate)
+        "$rendered/base.yaml" "$rendered/iptables.yaml" "$rendered/forced.yaml" \
+        || failed+=(kubernetes-validate)
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -13,15 +13,24 @@ use rustls::pki_types::pem::PemObject;
 use crate::tls::{CA_CERT_FILE, CertificateAuthority};
 
 /// Variables that point TLS clients at a CA bundle: OpenSSL and most tools, Python
-/// requests, curl, Node.js (added to its built-in roots), git, pip.
-pub const TRUST_ENV_VARS: [&str; 6] = [
+/// requests, curl, Node.js (added to its built-in roots), git, pip, cargo, the AWS
+/// SDKs and CLI, gRPC (C-core: Python, Ruby, PHP, ...), Deno.
+pub const TRUST_ENV_VARS: [&str; 10] = [
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
     "PIP_CERT",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "DENO_CERT",
 ];
+
+/// Loopback, which the agent reaches directly (its own services, the proxy's admin
+/// listener): `NO_PROXY`.
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
 /// `egress-proxy ca …`
 #[derive(Debug, Subcommand)]
@@ -47,8 +56,10 @@ pub enum CaCommand {
     },
     /// Print `export` lines that make an agent's tools trust the CA and use the proxy
     /// (eval them in the agent's shell): SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
-    /// CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO and PIP_CERT, all set to the
-    /// certificate's path, and HTTP_PROXY/HTTPS_PROXY (both cases) set to --proxy-url.
+    /// CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO, PIP_CERT, CARGO_HTTP_CAINFO,
+    /// AWS_CA_BUNDLE, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH and DENO_CERT, all set to the
+    /// certificate's path; HTTP_PROXY/HTTPS_PROXY (both cases) set to --proxy-url,
+    /// NO_PROXY (both cases) set to loopback, and NODE_USE_ENV_PROXY=1.
     ///
     /// Most of these variables *replace* a tool's trusted roots rather than add to
     /// them. That is what a bottled agent needs: all of its traffic goes through the
@@ -164,6 +175,11 @@ fn export_lines(cert_path: &str, proxy_url: Option<&str>) -> String {
         for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
             export(name, url);
         }
+        for name in ["NO_PROXY", "no_proxy"] {
+            export(name, NO_PROXY);
+        }
+        // Node >= 24: built-in fetch/http honour the proxy variables only with this.
+        export("NODE_USE_ENV_PROXY", "1");
     }
     out
 }
@@ -186,5 +202,8 @@ mod tests {
         let text = export_lines("/ca.crt", Some("http://127.0.0.1:8080"));
         assert!(text.contains("export HTTPS_PROXY='http://127.0.0.1:8080'\n"));
         assert!(text.contains("export https_proxy='http://127.0.0.1:8080'\n"));
+        assert!(text.contains("export NO_PROXY='localhost,127.0.0.1,::1'\n"));
+        assert!(text.contains("export NODE_USE_ENV_PROXY='1'\n"));
+        assert!(text.contains("export CARGO_HTTP_CAINFO='/ca.crt'\n"));
     }
 }

@@ -131,7 +131,7 @@ fn the_iptables_option_lets_only_the_proxy_s_user_out() {
 #[test]
 fn the_kustomizations_list_every_manifest_and_the_routes_match_compose() {
     let dir = repo_root().join(KUBERNETES);
-    for kustomization in [dir.clone(), dir.join("iptables")] {
+    for kustomization in [dir.clone(), dir.join("iptables"), dir.join("forced")] {
         let listed = yaml_at(&kustomization.join("kustomization.yaml"));
         for entry in strings(&listed["resources"]) {
             assert!(

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod files;
+mod forced;
 mod kubernetes;
 mod sandbox;
 

@@ -192,7 +192,12 @@ impl Sandbox {
     /// addresses (`--listen`, `--admin-listen`, either form) replaced by
     /// `127.0.0.1:0`, after checking that they are socket addresses.
     fn map_args(&self, args: &[String]) -> Vec<String> {
-        const LISTENERS: [&str; 2] = ["--listen", "--admin-listen"];
+        const LISTENERS: [&str; 4] = [
+            "--listen",
+            "--admin-listen",
+            "--transparent-listen",
+            "--dns-listen",
+        ];
         let mut mapped = Vec::new();
         let mut listener_value = false;
         for arg in args {
