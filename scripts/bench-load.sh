@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Load benchmark: direct-to-upstream vs through egress-proxy on loopback, in one run.
+# Load benchmark: direct-to-upstream vs through egress-proxy (explicit, and its
+# transparent listener dialled as the upstream) on loopback, in one run.
 #
 # Builds the release proxy, then runs `tests/benches/load` pinned to CPU 1 (the
 # benchmark starts the proxy on CPU 0 with one worker thread). Without taskset or a
 # second CPU everything runs unpinned, and the report says so.
 #
 # Settings (environment): LOAD_SECONDS (measured seconds per run, default 3),
-# LOAD_WARMUP_SECONDS (default 1), LOAD_REPEATS (direct/proxy pairs per scenario,
+# LOAD_WARMUP_SECONDS (default 1), LOAD_REPEATS (direct/proxy/transparent rounds per scenario,
 # default 3), LOAD_SSE_EVENTS (events per SSE stream, default 10000), LOAD_ONLY
 # (some of keep-alive-1,keep-alive-64,new-connection,sse,inspected-post). The markdown report goes
 # to stdout, progress to stderr. Run it on a quiet machine: the "other load" column

@@ -48,7 +48,7 @@ const DEFAULT_SECONDS: f64 = 3.0;
 /// Warm-up seconds before each measured window.
 const WARMUP_VAR: &str = "LOAD_WARMUP_SECONDS";
 const DEFAULT_WARMUP_SECONDS: f64 = 1.0;
-/// Direct/proxy pairs per scenario (the order alternates).
+/// Direct/proxy/transparent rounds per scenario (the order rotates).
 const REPEATS_VAR: &str = "LOAD_REPEATS";
 const DEFAULT_REPEATS: usize = 3;
 /// Events per SSE stream.
@@ -153,7 +153,7 @@ fn main() {
     let notes = [
         pinning.describe(),
         format!(
-            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, direct and proxy alternating; small response: GET {SMALL_RESPONSE}, HTTP/1.1 over TLS; CLK_TCK {ticks_per_second}",
+            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, direct, proxy and transparent in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 over TLS; CLK_TCK {ticks_per_second}",
             settings.repeats,
             window.measure.as_secs_f64(),
             window.warmup.as_secs_f64()
@@ -185,8 +185,18 @@ fn proxy_binary() -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Direct,
+    /// The explicit proxy (`HTTPS_PROXY`, CONNECT).
     Proxy,
+    /// The transparent listener, dialled as if it were the upstream: it listens on
+    /// the upstream's port on another loopback address (127.0.0.2), so the original
+    /// destination's port is the upstream's without a redirect rule (no root needed);
+    /// the rest — ClientHello, SNI, the CONNECT decision, interception — is the
+    /// redirected path.
+    Transparent,
 }
+
+/// Where the transparent listener listens: the upstream's port on this address.
+const TRANSPARENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario> {
     let upstream = Upstream::start(UpstreamOptions {
@@ -201,7 +211,7 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
 
     let mut scenarios = Vec::new();
     for load in settings.loads() {
-        let extra = match load {
+        let mut extra = match load {
             Load::InspectedPost { .. } => vec![
                 "--policy".to_owned(),
                 egress_proxy_tests::BODY_WASM.to_owned(),
@@ -210,6 +220,8 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
             ],
             _ => Vec::new(),
         };
+        extra.push("--transparent-listen".to_owned());
+        extra.push(format!("{TRANSPARENT_IP}:{}", upstream.port()));
         let proxy = ProxyProcess::start(bin, pinning, dir.path(), &routes, &upstream_ca, &extra);
         let started = proxy.memory();
         let url = match load {
@@ -221,17 +233,15 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
         };
         let mut direct = Vec::new();
         let mut proxied = Vec::new();
+        let mut transparent = Vec::new();
         for round in 0..settings.repeats {
-            let order = if round % 2 == 0 {
-                [Via::Direct, Via::Proxy]
-            } else {
-                [Via::Proxy, Via::Direct]
-            };
+            let mut order = [Via::Direct, Via::Proxy, Via::Transparent];
+            order.rotate_left(round % 3);
             for via in order {
                 let client = client(via, load, &upstream, &proxy);
                 let sample = || Sample {
                     at: std::time::Instant::now(),
-                    proxy_ticks: (via == Via::Proxy).then(|| proxy.cpu_ticks()),
+                    proxy_ticks: (via != Via::Direct).then(|| proxy.cpu_ticks()),
                     bench_ticks: host::cpu_ticks("self"),
                     system_ticks: host::system_busy_ticks(),
                 };
@@ -241,6 +251,7 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
                 match via {
                     Via::Direct => direct.push(run),
                     Via::Proxy => proxied.push(run),
+                    Via::Transparent => transparent.push(run),
                 }
             }
         }
@@ -249,6 +260,7 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
             load,
             direct,
             proxy: proxied,
+            transparent,
             memory,
             proxy_warnings: proxy.stop(),
         });
@@ -280,6 +292,16 @@ fn client(via: Via, load: Load, upstream: &Upstream, proxy: &ProxyProcess) -> re
         Via::Proxy => builder
             .proxy(reqwest::Proxy::all(proxy.url()).expect("proxy URL"))
             .add_root_certificate(certificate(proxy.ca_pem())),
+        // No proxy settings at all: the client dials "the upstream", which is the
+        // transparent listener.
+        Via::Transparent => {
+            let listener = std::net::SocketAddr::from((TRANSPARENT_IP, upstream.port()));
+            builder
+                .no_proxy()
+                .resolve("localhost", listener)
+                .resolve(INSPECTED_HOST, listener)
+                .add_root_certificate(certificate(proxy.ca_pem()))
+        }
     };
     builder.build().expect("reqwest client")
 }

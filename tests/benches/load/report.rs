@@ -1,5 +1,6 @@
-//! The results as markdown: one table of figures (medians over the repeats, proxy
-//! figures with their ratio to direct), one of the targets.
+//! The results as markdown: one table of figures (medians over the repeats, proxy and
+//! transparent figures with their ratio to direct, transparent throughput also against
+//! the explicit proxy), one of the targets (explicit mode).
 
 use crate::drive::{Load, Run};
 use crate::host::Memory;
@@ -13,12 +14,15 @@ const CPU_PER_REQUEST_TARGET_US: f64 = 35.0;
 /// Proxy peak RSS, MB (10⁶ bytes), at most.
 const PEAK_RSS_TARGET_MB: f64 = 20.0;
 
-/// One load, run directly and through the proxy.
+/// One load, run directly, through the explicit proxy and through its transparent
+/// listener.
 #[derive(Debug)]
 pub struct Scenario {
     pub load: Load,
     pub direct: Vec<Run>,
     pub proxy: Vec<Run>,
+    /// The same load through the transparent listener (same proxy process).
+    pub transparent: Vec<Run>,
     /// The proxy's memory once it listened and at the end of the scenario (a fresh
     /// process per scenario).
     pub memory: [Memory; 2],
@@ -52,10 +56,10 @@ impl Scenario {
         median(&self.proxy, Run::rate) / median(&self.direct, Run::rate)
     }
 
-    /// Proxy CPU per unit over every proxy window, µs.
-    fn cpu_per_unit_us(&self, ticks_per_second: u64) -> f64 {
-        let ticks: u64 = self.proxy.iter().filter_map(|run| run.proxy_ticks).sum();
-        let units: u64 = self.proxy.iter().map(|run| run.units).sum();
+    /// Proxy CPU per unit over every window of `runs`, µs.
+    fn cpu_per_unit_us(runs: &[Run], ticks_per_second: u64) -> f64 {
+        let ticks: u64 = runs.iter().filter_map(|run| run.proxy_ticks).sum();
+        let units: u64 = runs.iter().map(|run| run.units).sum();
         ticks as f64 * 1e6 / ticks_per_second as f64 / units.max(1) as f64
     }
 
@@ -99,9 +103,6 @@ fn print_rows(scenario: &Scenario, ticks_per_second: u64) {
     let direct_rate = median(&scenario.direct, Run::rate);
     let direct_p50 = median(&scenario.direct, |r| f64::from(r.latency_us(0.5)));
     let direct_p99 = median(&scenario.direct, |r| f64::from(r.latency_us(0.99)));
-    let proxy_rate = median(&scenario.proxy, Run::rate);
-    let proxy_p50 = median(&scenario.proxy, |r| f64::from(r.latency_us(0.5)));
-    let proxy_p99 = median(&scenario.proxy, |r| f64::from(r.latency_us(0.99)));
     println!(
         "| {} | direct | {} {unit}/s | {} | {} | – | – | {} | {} | – | {} |",
         scenario.name(),
@@ -112,27 +113,41 @@ fn print_rows(scenario: &Scenario, ticks_per_second: u64) {
         busy(&scenario.direct, |r| r.other_ticks, ticks_per_second),
         errors(&scenario.direct),
     );
-    println!(
-        "| | proxy | {} {unit}/s ({:.2}×) | {} ({:.2}×) | {} ({:.2}×) | {:.2} µs/{unit} | {} | {} | {} | {:.1} MB ({:.1}; {:.1}) | {} |",
-        thousands(proxy_rate),
-        proxy_rate / direct_rate,
-        micros(proxy_p50),
-        proxy_p50 / direct_p50,
-        micros(proxy_p99),
-        proxy_p99 / direct_p99,
-        scenario.cpu_per_unit_us(ticks_per_second),
-        busy(
-            &scenario.proxy,
-            |r| r.proxy_ticks.unwrap_or(0),
-            ticks_per_second
-        ),
-        busy(&scenario.proxy, |r| r.bench_ticks, ticks_per_second),
-        busy(&scenario.proxy, |r| r.other_ticks, ticks_per_second),
-        scenario.peak_rss_mb(),
-        megabytes(scenario.memory[0].peak_kib),
-        megabytes(scenario.memory[1].current_kib),
-        errors(&scenario.proxy),
-    );
+    let explicit_rate = median(&scenario.proxy, Run::rate);
+    for (via, runs) in [
+        ("proxy", &scenario.proxy),
+        ("transparent", &scenario.transparent),
+    ] {
+        if runs.is_empty() {
+            continue;
+        }
+        let rate = median(runs, Run::rate);
+        let p50 = median(runs, |r| f64::from(r.latency_us(0.5)));
+        let p99 = median(runs, |r| f64::from(r.latency_us(0.99)));
+        // The transparent row also gives its throughput against explicit mode.
+        let vs_explicit = if via == "transparent" {
+            format!("; {:.2}× proxy", rate / explicit_rate)
+        } else {
+            String::new()
+        };
+        println!(
+            "| | {via} | {} {unit}/s ({:.2}×{vs_explicit}) | {} ({:.2}×) | {} ({:.2}×) | {:.2} µs/{unit} | {} | {} | {} | {:.1} MB ({:.1}; {:.1}) | {} |",
+            thousands(rate),
+            rate / direct_rate,
+            micros(p50),
+            p50 / direct_p50,
+            micros(p99),
+            p99 / direct_p99,
+            Scenario::cpu_per_unit_us(runs, ticks_per_second),
+            busy(runs, |r| r.proxy_ticks.unwrap_or(0), ticks_per_second),
+            busy(runs, |r| r.bench_ticks, ticks_per_second),
+            busy(runs, |r| r.other_ticks, ticks_per_second),
+            scenario.peak_rss_mb(),
+            megabytes(scenario.memory[0].peak_kib),
+            megabytes(scenario.memory[1].current_kib),
+            errors(runs),
+        );
+    }
 }
 
 fn print_targets(scenarios: &[Scenario], ticks_per_second: u64) {
@@ -162,7 +177,7 @@ fn print_targets(scenarios: &[Scenario], ticks_per_second: u64) {
         );
     }
     for s in scenarios.iter().filter(|s| keep_alive(&s.load)) {
-        let cpu = s.cpu_per_unit_us(ticks_per_second);
+        let cpu = Scenario::cpu_per_unit_us(&s.proxy, ticks_per_second);
         // What one fully busy proxy core would serve, against what direct reached.
         let capacity = 1e6 / cpu;
         target(
