@@ -487,6 +487,11 @@ fn transparent_edge_cases() {
         assert_eq!(api.hits(), 1, "the named host served it");
         assert_eq!(other.hits(), 0, "the dialled address was not used");
 
+        // A denied name, from a client that does not trust the proxy's CA: it cannot
+        // read the JSON 403, so it gets a failed handshake; the denial is logged.
+        let distrusting = run(as_nobody("curl", &["-sS", "https://denied.test/"], &[])).await;
+        assert_eq!(distrusting.status.code(), Some(60), "{}", text(&distrusting));
+
         // An SSH banner: closed without a byte back.
         let ssh = run(py(&["raw", "127.0.0.6", "22", "SSH-2.0-OpenSSH_9.6\\r\\n"])).await;
         assert!(ssh.status.success(), "{}", text(&ssh));
@@ -508,6 +513,14 @@ fn transparent_edge_cases() {
             .collect();
         assert!(reasons.contains(&("no_sni".into(), "127.0.0.2:443".into())), "{reasons:?}");
         assert!(reasons.contains(&("not_tls_or_http".into(), "127.0.0.6:22".into())), "{reasons:?}");
+        assert!(
+            reasons.contains(&("handshake".into(), "127.0.0.5:443".into())),
+            "{reasons:?}"
+        );
+        assert!(events.iter().any(|e| e["message"] == "access"
+            && e["method"] == "CONNECT"
+            && e["host"] == "denied.test"
+            && e["decision"] == "deny"));
         let plain_line = events
             .iter()
             .find(|e| e["message"] == "access" && e["path"] == "/echo/plain")

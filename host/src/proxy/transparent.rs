@@ -49,6 +49,11 @@ use super::{Proxy, server};
 use crate::policy::Scheme;
 use crate::target::Target;
 
+/// `ENOENT`: `SO_ORIGINAL_DST` on a connection with no NAT entry (not redirected).
+const NO_NAT_ENTRY: i32 = 2;
+/// `ENOPROTOOPT`: no connection tracking in this kernel or namespace.
+const NO_CONNTRACK: i32 = 92;
+
 /// How much of a plain connection is read looking for an HTTP/1.x request line.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 
@@ -131,9 +136,7 @@ fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
             .as_socket()
             .ok_or_else(|| std::io::Error::other("SO_ORIGINAL_DST returned a non-IP address")),
         // No NAT entry (not redirected, or no conntrack): the client dialled us.
-        Err(err) if matches!(err.raw_os_error(), Some(code) if code == 2 /* ENOENT */ || code == 92 /* ENOPROTOOPT */) => {
-            Ok(local)
-        }
+        Err(err) if matches!(err.raw_os_error(), Some(NO_NAT_ENTRY | NO_CONNTRACK)) => Ok(local),
         Err(err) => Err(err),
     }
 }
