@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::Outcome;
 use super::body::ProxyBody;
+use super::dialect::Dialect;
 use super::framing::{Ambiguity, FramingWatch};
 use super::pipeline::{self, Exchange};
 use super::prefixed::Prefixed;
@@ -89,7 +90,9 @@ pub(crate) async fn handle(
     };
     proxy.metrics.decided(deciding.elapsed());
     match decision {
-        Decision::Deny(denial) => return pipeline::denied(record, &denial, &generation),
+        Decision::Deny(denial) => {
+            return pipeline::denied(record, &denial, &generation, &Dialect::Http);
+        }
         Decision::Allow { rule, annotations } => {
             record.outcome = Outcome::Allow;
             record.rule = rule;
