@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::graphql::GraphqlRules;
 use crate::host::HostPattern;
 use crate::mcp::McpRules;
 use crate::path::{NormalPath, PathError};
@@ -53,6 +54,7 @@ const ROUTE_KEYS: &[&str] = &[
     "max_body_bytes",
     "rate_limit",
     "mcp",
+    "graphql",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -117,6 +119,10 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
         .unwrap_or(false),
         methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
         max_body_bytes: parse_size(&format!("{at}.max_body_bytes"), route.get("max_body_bytes"))?,
+        graphql: route
+            .get("graphql")
+            .map(|value| GraphqlRules::parse(&format!("{at}.graphql"), value))
+            .transpose()?,
         mcp: route
             .get("mcp")
             .map(|value| McpRules::parse(&format!("{at}.mcp"), value))

@@ -133,8 +133,14 @@ fn check_protocols(
     headers: &impl Headers,
     body: Option<&dyn Body>,
 ) -> Option<Verdict> {
-    let _ = headers;
     let rule = route.rule.as_str();
+    if let Some(verdict) = route
+        .graphql
+        .as_ref()
+        .and_then(|graphql| graphql.check(rule, request, headers, body))
+    {
+        return Some(verdict);
+    }
     route
         .mcp
         .as_ref()

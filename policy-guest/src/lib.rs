@@ -12,6 +12,7 @@
 //! - `host`: host patterns (`api.github.com`, `*.pythonhosted.org`, IP literals).
 //! - `path`: path normalisation and allowlist matching (dot-segments,
 //!   percent-encoding and query tricks).
+//! - `graphql`: `graphql`, operation types and mutation fields on an endpoint.
 //! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
 //! - `endpoint`, `json`: the endpoint a protocol rule owns; JSON without duplicate keys.
 //! - `rate`: `rate_limit`, a token bucket per route in the host's shared state.
@@ -42,6 +43,7 @@ mod component;
 mod config;
 mod decide;
 mod endpoint;
+mod graphql;
 mod host;
 mod json;
 mod mcp;
