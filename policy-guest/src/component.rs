@@ -90,6 +90,19 @@ impl crate::Body for HostBody<'_> {
     fn complete(&self) -> bool {
         self.0.complete()
     }
+
+    fn read(&self, offset: u64, max: u32) -> Vec<u8> {
+        self.0.read(offset, max)
+    }
+}
+
+/// The host's shared state (token buckets across instances and reloads).
+struct HostState;
+
+impl crate::State for HostState {
+    fn take(&self, key: &str, cost: u32, capacity: u32, refill_per_second: f64) -> Result<(), u64> {
+        egress::policy::state::take(key, cost, capacity, refill_per_second)
+    }
 }
 
 fn decide(request: wit::Request, headers: &wit::Headers, body: Option<&wit::Body>) -> wit::Verdict {
@@ -99,8 +112,8 @@ fn decide(request: wit::Request, headers: &wit::Headers, body: Option<&wit::Body
         Some(routes) => {
             let request = from_wit(request);
             match body {
-                Some(body) => routes.decide_body(&request, &headers, &HostBody(body)),
-                None => routes.decide_with_headers(&request, &headers),
+                Some(body) => routes.decide_body(&request, &headers, &HostBody(body), &HostState),
+                None => routes.decide_head(&request, &headers, &HostState),
             }
         }
         None => Verdict::Deny {

@@ -8,8 +8,11 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::graphql::GraphqlRules;
 use crate::host::HostPattern;
+use crate::mcp::McpRules;
 use crate::path::{NormalPath, PathError};
+use crate::rate::RateLimit;
 use crate::routes::{AllowedPath, Auth, AuthScheme, Route};
 
 /// Why a routes document was rejected: where, and what to do about it.
@@ -49,6 +52,9 @@ const ROUTE_KEYS: &[&str] = &[
     "inject_over_http",
     "methods",
     "max_body_bytes",
+    "rate_limit",
+    "mcp",
+    "graphql",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -113,6 +119,18 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
         .unwrap_or(false),
         methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
         max_body_bytes: parse_size(&format!("{at}.max_body_bytes"), route.get("max_body_bytes"))?,
+        graphql: route
+            .get("graphql")
+            .map(|value| GraphqlRules::parse(&format!("{at}.graphql"), value))
+            .transpose()?,
+        mcp: route
+            .get("mcp")
+            .map(|value| McpRules::parse(&format!("{at}.mcp"), value))
+            .transpose()?,
+        rate_limit: route
+            .get("rate_limit")
+            .map(|value| RateLimit::parse(&format!("{at}.rate_limit"), value))
+            .transpose()?,
     })
 }
 
@@ -377,13 +395,27 @@ fn parse_bool(at: &str, value: Option<&Value>) -> Result<Option<bool>, ConfigErr
         .transpose()
 }
 
-fn expect_str<'v>(at: &str, value: &'v Value) -> Result<&'v str, ConfigError> {
+/// An object, or an error naming the expected `shape`.
+pub(crate) fn expect_object<'v>(
+    at: &str,
+    value: &'v Value,
+    shape: &str,
+) -> Result<&'v Map<String, Value>, ConfigError> {
+    value.as_object().ok_or_else(|| {
+        ConfigError::new(
+            at,
+            format!("expected an object {shape}, found {}", kind(value)),
+        )
+    })
+}
+
+pub(crate) fn expect_str<'v>(at: &str, value: &'v Value) -> Result<&'v str, ConfigError> {
     value
         .as_str()
         .ok_or_else(|| ConfigError::new(at, format!("expected a string, found {}", kind(value))))
 }
 
-fn reject_unknown_keys(
+pub(crate) fn reject_unknown_keys(
     object: &Map<String, Value>,
     known: &[&str],
     at: &str,
@@ -406,7 +438,7 @@ fn quoted_list(items: &[&str]) -> String {
 }
 
 /// The JSON type of a value, as a phrase for error messages.
-fn kind(value: &Value) -> &'static str {
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

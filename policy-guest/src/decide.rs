@@ -12,12 +12,16 @@
 //!    the limit, or a body the host could not hold far enough to tell → 413.
 //! 6. With a `path_allowlist`, the normalised path must start with an entry
 //!    (see [`crate::path`]) → else 403 (400 for a malformed or ambiguous path).
-//! 7. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
+//! 7. The protocol rules (`git`, `graphql`, `mcp`) decide the requests of their
+//!    protocol, reading the body where the decision is in it.
+//! 8. With `rate_limit`, a token is spent (only now, so refused requests cost none);
+//!    none left → 429 with `retry-after`.
+//! 9. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
 //!    otherwise inject `authorization: <scheme> <secret>`.
 
 use crate::host::normalize_request_host;
 use crate::path::{self, NormalPath, PathError};
-use crate::request::{Body, Headers, NoHeaders, Request, Scheme};
+use crate::request::{Body, Headers, NoHeaders, NoState, Request, Scheme, State};
 use crate::routes::{Route, Routes};
 use crate::verdict::{InjectedHeader, Part, Verdict};
 
@@ -34,25 +38,33 @@ const PAYLOAD_TOO_LARGE: u16 = 413;
 const BAD_REQUEST: u16 = 400;
 
 impl Routes {
-    /// Decides one request without looking at its headers (as if it had none). Pure:
-    /// the same request always gets the same verdict.
+    /// Decides one request without looking at its headers (as if it had none) and
+    /// without rate-limit state (a rate-limited route then refuses). Pure: the same
+    /// request always gets the same verdict.
     pub fn decide(&self, request: &Request) -> Verdict {
-        self.decide_inner(request, &NoHeaders, None)
+        self.decide_inner(request, &NoHeaders, None, &NoState)
     }
 
-    /// Decides one request, reading `content-length` where a route limits bodies.
-    pub fn decide_with_headers(&self, request: &Request, headers: &impl Headers) -> Verdict {
-        self.decide_inner(request, headers, None)
+    /// Decides one request on its head, reading headers where a rule needs them and
+    /// spending rate-limit tokens in `state`; may answer [`Verdict::NeedBody`].
+    pub fn decide_head(
+        &self,
+        request: &Request,
+        headers: &impl Headers,
+        state: &impl State,
+    ) -> Verdict {
+        self.decide_inner(request, headers, None, state)
     }
 
-    /// Decides a request whose body [`Routes::decide_with_headers`] asked for.
+    /// Decides a request whose body [`Routes::decide_head`] asked for.
     pub fn decide_body(
         &self,
         request: &Request,
         headers: &impl Headers,
         body: &impl Body,
+        state: &impl State,
     ) -> Verdict {
-        self.decide_inner(request, headers, Some(body))
+        self.decide_inner(request, headers, Some(body), state)
     }
 
     fn decide_inner(
@@ -60,6 +72,7 @@ impl Routes {
         request: &Request,
         headers: &impl Headers,
         body: Option<&dyn Body>,
+        state: &dyn State,
     ) -> Verdict {
         let host = normalize_request_host(&request.host);
         let Some(route) = self.route_for(&host) else {
@@ -98,8 +111,40 @@ impl Routes {
         if let Some(denial) = check_path(route, &request.path) {
             return denial;
         }
+        if let Some(verdict) = check_protocols(route, request, headers, body) {
+            return verdict;
+        }
+        if let Some(denial) = route
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| limit.check(&route.rule, request, state))
+        {
+            return denial;
+        }
         credentials(route, request, &host)
     }
+}
+
+/// Step 7: the protocol rules of the route (`git`, `graphql`, `mcp`): `None` if the
+/// request is not theirs or they allow it, else the denial or the body they need.
+fn check_protocols(
+    route: &Route,
+    request: &Request,
+    headers: &impl Headers,
+    body: Option<&dyn Body>,
+) -> Option<Verdict> {
+    let rule = route.rule.as_str();
+    if let Some(verdict) = route
+        .graphql
+        .as_ref()
+        .and_then(|graphql| graphql.check(rule, request, headers, body))
+    {
+        return Some(verdict);
+    }
+    route
+        .mcp
+        .as_ref()
+        .and_then(|mcp| mcp.check(rule, request, body))
 }
 
 fn allow(route: &Route) -> Verdict {
@@ -239,7 +284,7 @@ fn check_path(route: &Route, path_and_query: &str) -> Option<Verdict> {
     ))
 }
 
-/// Step 7: allow, inject, or refuse to inject over plain http.
+/// Step 9: allow, inject, or refuse to inject over plain http.
 fn credentials(route: &Route, request: &Request, host: &str) -> Verdict {
     let Some(auth) = &route.auth else {
         return allow(route);
@@ -287,7 +332,7 @@ fn allowed_prefixes(route: &Route) -> String {
 }
 
 /// Request text for a reason, cut to [`MAX_QUOTED_CHARS`].
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED_CHARS) {
         Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or(text)),
         None => text.to_owned(),

@@ -12,6 +12,10 @@
 //! - `host`: host patterns (`api.github.com`, `*.pythonhosted.org`, IP literals).
 //! - `path`: path normalisation and allowlist matching (dot-segments,
 //!   percent-encoding and query tricks).
+//! - `graphql`: `graphql`, operation types and mutation fields on an endpoint.
+//! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
+//! - `endpoint`, `json`: the endpoint a protocol rule owns; JSON without duplicate keys.
+//! - `rate`: `rate_limit`, a token bucket per route in the host's shared state.
 //! - `request`, `verdict`: the domain types, mirroring the WIT.
 //! - `component` (wasm only): the WIT glue; converts WIT types to and from the domain
 //!   types and keeps the configured routes.
@@ -38,13 +42,20 @@
 mod component;
 mod config;
 mod decide;
+mod endpoint;
+mod graphql;
 mod host;
+mod json;
+mod mcp;
 mod path;
+mod rate;
 mod request;
 mod routes;
 mod verdict;
 
 pub use config::ConfigError;
-pub use request::{Body, Headers, NoHeaders, Request, Scheme};
+pub use request::{
+    Body, Headers, MemoryBody, MemoryState, NoHeaders, NoState, Request, Scheme, State,
+};
 pub use routes::{Routes, Summary};
 pub use verdict::{InjectedHeader, Part, Verdict};

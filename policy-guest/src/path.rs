@@ -94,6 +94,11 @@ impl<'a> NormalPath<'a> {
         &self.split
     }
 
+    /// Both readings: separators decoded, and kept encoded.
+    pub(crate) fn readings(&self) -> [&str; 2] {
+        [&self.split, &self.literal]
+    }
+
     /// Whether this path lies under `prefix` in both readings.
     pub(crate) fn starts_with(&self, prefix: &NormalPath<'_>) -> bool {
         self.split.starts_with(prefix.split.as_ref())

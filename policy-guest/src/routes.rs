@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{self, ConfigError};
+use crate::graphql::GraphqlRules;
 use crate::host::HostPattern;
+use crate::mcp::McpRules;
 use crate::path::NormalPath;
+use crate::rate::RateLimit;
 use crate::request::Scheme;
 
 /// The port a route allows over https (and for CONNECT) when it lists none.
@@ -52,6 +55,12 @@ pub(crate) struct Route {
     pub(crate) methods: Option<Vec<String>>,
     /// Largest request body, in bytes; `None` = no limit of the policy's own.
     pub(crate) max_body_bytes: Option<u64>,
+    /// GraphQL operation types and mutation fields on the route's GraphQL endpoint.
+    pub(crate) graphql: Option<GraphqlRules>,
+    /// JSON-RPC methods and MCP tools on the route's MCP endpoint.
+    pub(crate) mcp: Option<McpRules>,
+    /// Requests per period, per route or per client.
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 /// One `path_allowlist` entry.

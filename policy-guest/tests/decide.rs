@@ -6,7 +6,7 @@ use common::{
     assert_allowed, assert_denied, assert_injects, connect, get, get_http, one_route, request,
     routes,
 };
-use policy_guest::{Scheme, Verdict};
+use policy_guest::{NoState, Scheme, Verdict};
 
 const GITHUB: &str = r#"{"host": "api.github.com", "path_allowlist": ["/repos/acme/"],
     "auth": {"scheme": "Bearer", "token_ref": "GH_PAT"}}"#;
@@ -336,6 +336,9 @@ impl policy_guest::Body for Held {
     fn complete(&self) -> bool {
         self.1
     }
+    fn read(&self, _offset: u64, _max: u32) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 #[test]
@@ -352,15 +355,15 @@ fn max_body_bytes_is_read_from_content_length_or_from_the_body() {
         }
     };
     assert_allowed(
-        &routes.decide_with_headers(&post, &length("100")),
+        &routes.decide_head(&post, &length("100"), &NoState),
         "uploads.example",
     );
-    let reason = assert_denied(&routes.decide_with_headers(&post, &length("101")), 413);
+    let reason = assert_denied(&routes.decide_head(&post, &length("101"), &NoState), 413);
     assert!(
         reason.contains("(101 bytes) is over the 100 bytes"),
         "{reason}"
     );
-    assert_denied(&routes.decide_with_headers(&post, &length("-1")), 400);
+    assert_denied(&routes.decide_head(&post, &length("-1"), &NoState), 400);
     let two = |name: &str| {
         if name == "content-length" {
             vec!["1".to_owned(), "1".to_owned()]
@@ -368,7 +371,7 @@ fn max_body_bytes_is_read_from_content_length_or_from_the_body() {
             Vec::new()
         }
     };
-    assert_denied(&routes.decide_with_headers(&post, &two), 400);
+    assert_denied(&routes.decide_head(&post, &two, &NoState), 400);
     // No content-length (a chunked body): one byte more than the limit is asked for.
     assert_eq!(
         routes.decide(&post),
@@ -379,12 +382,18 @@ fn max_body_bytes_is_read_from_content_length_or_from_the_body() {
     );
     let none = policy_guest::NoHeaders;
     assert_allowed(
-        &routes.decide_body(&post, &none, &Held(100, true)),
+        &routes.decide_body(&post, &none, &Held(100, true), &NoState),
         "uploads.example",
     );
-    assert_denied(&routes.decide_body(&post, &none, &Held(101, false)), 413);
+    assert_denied(
+        &routes.decide_body(&post, &none, &Held(101, false), &NoState),
+        413,
+    );
     // The host held less than the limit and not the whole body: unknown size, refused.
-    let reason = assert_denied(&routes.decide_body(&post, &none, &Held(50, false)), 413);
+    let reason = assert_denied(
+        &routes.decide_body(&post, &none, &Held(50, false), &NoState),
+        413,
+    );
     assert!(reason.contains("size is unknown"), "{reason}");
     // A tunnel has no body to check.
     assert_allowed(

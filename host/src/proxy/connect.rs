@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::{AccessRecord, Outcome};
 use super::body::ProxyBody;
+use super::dialect::Dialect;
 use super::framing::{Ambiguity, FramingWatch};
 use super::pipeline::{self, Exchange};
 use super::prefixed::Prefixed;
@@ -59,7 +60,9 @@ impl Verdict {
     pub(crate) fn refusal(&self, record: AccessRecord) -> Option<Response<ProxyBody>> {
         match self {
             Verdict::Intercept(_) => None,
-            Verdict::Deny(denial, generation) => Some(pipeline::denied(record, denial, generation)),
+            Verdict::Deny(denial, generation) => {
+                Some(pipeline::denied(record, denial, generation, &Dialect::Http))
+            }
             Verdict::Refuse(refusal) => Some(pipeline::refuse(record, refusal)),
         }
     }

@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Proxy;
+use super::dialect::Dialect;
 use super::forward_body::ForwardBody;
 use crate::inspect::{self, BodyRefusal};
 use crate::policy::{BodyNeed, Decision, Generation, PolicyBody, Request};
@@ -70,6 +71,14 @@ impl Budget {
     }
 }
 
+/// What the body phase decided, with the body to forward.
+pub(crate) struct Decided {
+    pub(crate) decision: Decision,
+    pub(crate) body: ForwardBody,
+    /// For a denial: how to write it, chosen while the body the policy read is held.
+    pub(crate) dialect: Option<Dialect>,
+}
+
 /// Hold the body, ask `decide-body`, and return the decision with the body to forward.
 pub(crate) async fn decide(
     proxy: &Proxy,
@@ -78,16 +87,17 @@ pub(crate) async fn decide(
     need: BodyNeed,
     body: Incoming,
     upgrade: bool,
-) -> Result<(Decision, ForwardBody), BodyRefusal> {
+) -> Result<Decided, BodyRefusal> {
     if upgrade {
         // An upgrade's payload is not a request body: the policy gets an empty one.
-        let decision = decide_body(
-            proxy,
-            generation,
-            request,
-            &PolicyBody::complete(Bytes::new()),
-        );
-        return Ok((decision, ForwardBody::streamed(body)));
+        let view = PolicyBody::complete(Bytes::new());
+        let decision = decide_body(proxy, generation, request, &view);
+        let dialect = dialect_of(&decision, request, &view);
+        return Ok(Decided {
+            decision,
+            body: ForwardBody::streamed(body),
+            dialect,
+        });
     }
     let config = &proxy.config.inspect;
     let codings = inspect::codings(
@@ -117,11 +127,17 @@ pub(crate) async fn decide(
         config.max_body,
     )?;
     let decision = decide_body(proxy, generation, request, &view);
+    let dialect = dialect_of(&decision, request, &view);
     drop(view);
-    Ok((
+    Ok(Decided {
         decision,
-        ForwardBody::held(held.raw, held.rest, held.trailers, Some(permit)),
-    ))
+        body: ForwardBody::held(held.raw, held.rest, held.trailers, Some(permit)),
+        dialect,
+    })
+}
+
+fn dialect_of(decision: &Decision, request: &Request, view: &PolicyBody) -> Option<Dialect> {
+    matches!(decision, Decision::Deny(_)).then(|| Dialect::of(request, Some(view)))
 }
 
 fn decide_body(

@@ -23,6 +23,7 @@
 mod access;
 mod body;
 mod connect;
+mod dialect;
 mod forward_body;
 mod framing;
 mod headers;

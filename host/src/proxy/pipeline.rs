@@ -14,9 +14,10 @@ use hyper_util::rt::TokioIo;
 use super::Proxy;
 use super::access::{AccessRecord, Outcome};
 use super::body::ProxyBody;
+use super::dialect::Dialect;
 use super::forward_body::ForwardBody;
 use super::headers;
-use super::respond::{self, Refusal};
+use super::respond::Refusal;
 use crate::policy::{self, Decision, Generation, Head};
 use crate::target::Target;
 
@@ -73,8 +74,9 @@ pub(crate) fn denied(
     mut record: AccessRecord,
     denial: &policy::Denial,
     generation: &Generation,
+    dialect: &Dialect,
 ) -> Response<ProxyBody> {
-    let response = respond::deny(denial, generation.module().sha256());
+    let response = dialect.deny(denial, generation.module().sha256());
     record.outcome = Outcome::Deny;
     record.rule = denial.rule.clone();
     record.annotations.clone_from(&denial.annotations);
@@ -135,20 +137,23 @@ pub(crate) async fn forward(
     let head = generation.decide(&request);
     proxy.metrics.decided(deciding.elapsed());
     let (mut parts, body) = req.into_parts();
-    let (decision, body) = match head {
-        Head::Decided(decision) => (decision, ForwardBody::streamed(body)),
+    let (decision, body, dialect) = match head {
+        Head::Decided(decision) => (decision, ForwardBody::streamed(body), None),
         Head::NeedBody(need) => {
             match super::hold::decide(proxy, &generation, &request, need, body, upgrade).await {
                 Ok(decided) => {
                     parts.headers.remove(http::header::EXPECT);
-                    decided
+                    (decided.decision, decided.body, decided.dialect)
                 }
                 Err(refusal) => return refuse(record, &Refusal::Body(refusal)),
             }
         }
     };
     let injected = match decision {
-        Decision::Deny(denial) => return denied(record, &denial, &generation),
+        Decision::Deny(denial) => {
+            let dialect = dialect.unwrap_or_else(|| Dialect::of(&request, None));
+            return denied(record, &denial, &generation, &dialect);
+        }
         Decision::Allow { rule, annotations } => {
             record.outcome = Outcome::Allow;
             record.rule = rule;
