@@ -41,6 +41,56 @@ pub fn dockerfile() -> Vec<Instruction> {
     instructions
 }
 
+/// A stage's base image, given as `FROM ${ARG} AS stage` with a global `ARG ARG=default`,
+/// so that a build can replace it (`--build-arg`) without editing the file.
+pub struct Base {
+    pub arg: String,
+    pub default: String,
+    pub stage: String,
+}
+
+pub fn bases(instructions: &[Instruction]) -> Vec<Base> {
+    let first_from = instructions
+        .iter()
+        .position(|i| i.keyword == "FROM")
+        .expect("a FROM");
+    let globals: Vec<(&str, &str)> = instructions[..first_from]
+        .iter()
+        .filter(|i| i.keyword == "ARG")
+        .map(|i| {
+            i.args
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ARG {} before the first FROM needs a default", i.args))
+        })
+        .collect();
+    instructions
+        .iter()
+        .filter(|i| i.keyword == "FROM")
+        .map(|i| {
+            let (image, stage) = i
+                .args
+                .split_once(" AS ")
+                .unwrap_or_else(|| panic!("FROM {}: name the stage (`AS name`)", i.args));
+            let arg = image
+                .strip_prefix("${")
+                .and_then(|rest| rest.strip_suffix('}'))
+                .unwrap_or_else(|| {
+                    panic!("FROM {image}: the base image must be a build argument, `${{NAME}}`")
+                });
+            let default = globals
+                .iter()
+                .find(|(name, _)| *name == arg)
+                .unwrap_or_else(|| panic!("FROM {image}: no `ARG {arg}=…` before the first FROM"))
+                .1;
+            Base {
+                arg: arg.to_owned(),
+                default: default.to_owned(),
+                stage: stage.to_owned(),
+            }
+        })
+        .collect()
+}
+
 /// The instructions of the last stage.
 pub fn runtime_stage(instructions: &[Instruction]) -> Vec<&Instruction> {
     let from = instructions

@@ -4,7 +4,8 @@
 //! the `EGRESS_PROXY_*` variables they name exist, the Dockerfile copies files that
 //! exist, and the agent gets what `egress-proxy ca env` prints and never the CA key or
 //! the tokens. Linting and schema validation need tools from PyPI and are in
-//! `scripts/ci-deploy.sh`; no container engine or cluster is needed for either.
+//! `scripts/ci-deploy.sh`; no container engine or cluster is needed for either. Building
+//! and running the image itself is `scripts/ci-container.sh` (a Docker engine, root).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -20,12 +21,13 @@ use std::process::Command;
 use egress_proxy_tests::{proxy_bin, repo_root};
 
 use files::{
-    array, declared_secrets, deploy_dir, dockerfile, exec_form, flag_value, ignores, mount_of,
-    object, port, read, runtime_stage, str_at, strings, yaml,
+    array, bases, declared_secrets, deploy_dir, dockerfile, exec_form, flag_value, ignores,
+    mount_of, object, port, read, runtime_stage, str_at, strings, yaml,
 };
 use sandbox::Sandbox;
 
 const DOCKERFILE: &str = "Dockerfile.egress-proxy";
+const CI_CONTAINER: &str = "scripts/ci-container.sh";
 const COMPOSE: &str = "deploy/compose.yaml";
 const KUBERNETES: &str = "deploy/kubernetes";
 const ROUTES: &str = "deploy/policy/routes.yaml";
@@ -70,18 +72,56 @@ fn the_builder_uses_the_pinned_toolchain_on_the_runtime_s_debian() {
                 .map(|v| v.trim_matches('"').to_owned())
         })
         .expect("a channel in rust-toolchain.toml");
-    let froms: Vec<String> = dockerfile()
+    let stages: Vec<(String, String)> = bases(&dockerfile())
         .into_iter()
-        .filter(|i| i.keyword == "FROM")
-        .map(|i| i.args)
+        .map(|b| (b.stage, b.default))
         .collect();
-    assert_eq!(froms.len(), 2, "a builder and a runtime stage: {froms:?}");
-    assert_eq!(froms[0], format!("rust:{channel}-bookworm AS builder"));
+    assert_eq!(stages.len(), 2, "a builder and a runtime stage: {stages:?}");
+    assert_eq!(
+        stages[0],
+        ("builder".to_owned(), format!("rust:{channel}-bookworm"))
+    );
     // bookworm is Debian 12: the binary must not need a newer glibc than the runtime has.
+    assert_eq!(stages[1].0, "runtime");
     assert!(
-        froms[1].starts_with("gcr.io/distroless/cc-debian12:"),
+        stages[1].1.starts_with("gcr.io/distroless/cc-debian12:"),
         "{}",
-        froms[1]
+        stages[1].1
+    );
+}
+
+#[test]
+fn ci_builds_the_dockerfile_with_stand_in_bases_and_no_frontend_image() {
+    // A `# syntax=` directive makes BuildKit pull a frontend image before anything
+    // else, which fails where no registry is reachable (CI).
+    for line in read(DOCKERFILE).lines() {
+        let directive = line
+            .strip_prefix('#')
+            .and_then(|comment| comment.split_once('='))
+            .map(|(key, _)| key.trim().to_ascii_lowercase());
+        assert_ne!(
+            directive.as_deref(),
+            Some("syntax"),
+            "{DOCKERFILE} must not name a frontend image: {line}"
+        );
+    }
+    // scripts/ci-container.sh replaces every base image through its build argument.
+    let script = read(CI_CONTAINER);
+    for base in bases(&dockerfile()) {
+        let passed = format!("--build-arg \"{}=", base.arg);
+        assert!(
+            script.contains(&passed),
+            "{CI_CONTAINER} must pass {passed}… (the {} stage's base)",
+            base.stage
+        );
+    }
+    assert!(
+        script.contains("-f Dockerfile.egress-proxy"),
+        "{CI_CONTAINER} must build {DOCKERFILE}"
+    );
+    assert!(
+        read(".ci/run").contains("bash scripts/ci-container.sh"),
+        ".ci/run must run {CI_CONTAINER}"
     );
 }
 
