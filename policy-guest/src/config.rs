@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::git::GitRules;
 use crate::host::HostPattern;
 use crate::mcp::McpRules;
 use crate::path::{NormalPath, PathError};
@@ -53,6 +54,7 @@ const ROUTE_KEYS: &[&str] = &[
     "max_body_bytes",
     "rate_limit",
     "mcp",
+    "git",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -117,6 +119,10 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
         .unwrap_or(false),
         methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
         max_body_bytes: parse_size(&format!("{at}.max_body_bytes"), route.get("max_body_bytes"))?,
+        git: route
+            .get("git")
+            .map(|value| GitRules::parse(&format!("{at}.git"), value))
+            .transpose()?,
         mcp: route
             .get("mcp")
             .map(|value| McpRules::parse(&format!("{at}.mcp"), value))

@@ -135,6 +135,13 @@ fn check_protocols(
 ) -> Option<Verdict> {
     let _ = headers;
     let rule = route.rule.as_str();
+    if let Some(verdict) = route
+        .git
+        .as_ref()
+        .and_then(|git| git.check(rule, request, body))
+    {
+        return Some(verdict);
+    }
     route
         .mcp
         .as_ref()

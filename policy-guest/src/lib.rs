@@ -12,6 +12,8 @@
 //! - `host`: host patterns (`api.github.com`, `*.pythonhosted.org`, IP literals).
 //! - `path`: path normalisation and allowlist matching (dot-segments,
 //!   percent-encoding and query tricks).
+//! - `git`: `git`, fetch and push rules for git's smart HTTP, and the `pub` parser of a
+//!   push's ref commands ([`git::receive_pack_commands`], reused by the host).
 //! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
 //! - `endpoint`, `json`: the endpoint a protocol rule owns; JSON without duplicate keys.
 //! - `rate`: `rate_limit`, a token bucket per route in the host's shared state.
@@ -42,6 +44,7 @@ mod component;
 mod config;
 mod decide;
 mod endpoint;
+pub mod git;
 mod host;
 mod json;
 mod mcp;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{self, ConfigError};
+use crate::git::GitRules;
 use crate::host::HostPattern;
 use crate::mcp::McpRules;
 use crate::path::NormalPath;
@@ -54,6 +55,8 @@ pub(crate) struct Route {
     pub(crate) methods: Option<Vec<String>>,
     /// Largest request body, in bytes; `None` = no limit of the policy's own.
     pub(crate) max_body_bytes: Option<u64>,
+    /// Fetch, push (ref patterns), delete and repositories for git's smart HTTP.
+    pub(crate) git: Option<GitRules>,
     /// JSON-RPC methods and MCP tools on the route's MCP endpoint.
     pub(crate) mcp: Option<McpRules>,
     /// Requests per period, per route or per client.
