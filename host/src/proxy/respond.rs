@@ -160,7 +160,7 @@ fn json_response(
 }
 
 /// `reason` as a header value: printable ASCII kept, anything else replaced, capped.
-fn header_text(reason: &str) -> HeaderValue {
+pub(crate) fn header_text(reason: &str) -> HeaderValue {
     let text: String = reason
         .chars()
         .take(256)
