@@ -43,13 +43,15 @@ use serde_json::Value;
 use crate::config::{ConfigError, expect_object, expect_str, kind, reject_unknown_keys};
 use crate::decide::quote;
 use crate::path::{NormalPath, PathError};
-use crate::request::{Body, Request, read_all};
+use crate::request::{Body, Request};
 use crate::verdict::Verdict;
 
 /// Most bytes of a `git-receive-pack` body read for its commands (a prefix: the pack
 /// after them is not needed).
 pub const MAX_COMMAND_BYTES: u64 = 256 * 1024;
 
+/// The first read of a push body: enough for the commands of most pushes.
+const FIRST_READ: u32 = 8 * 1024;
 const KEYS: &[&str] = &["fetch", "push", "delete", "repos"];
 const FORBIDDEN: u16 = 403;
 const BAD_REQUEST: u16 = 400;
@@ -181,8 +183,8 @@ impl GitRules {
                 prefix: true,
             });
         };
-        let bytes = read_all(body, MAX_COMMAND_BYTES).unwrap_or_default();
-        let commands = match receive_pack_commands(&bytes) {
+        let (bytes, parsed) = read_commands(body);
+        let commands = match parsed {
             Ok(commands) => commands,
             Err(why) if !body.complete() => {
                 return refuse(
@@ -265,6 +267,26 @@ impl GitRules {
             }
         }
         false
+    }
+}
+
+/// The held body's first bytes and their commands: a small first read is usually
+/// enough (the commands come before the pack), else up to [`MAX_COMMAND_BYTES`].
+fn read_commands(body: &dyn Body) -> (Vec<u8>, Result<Commands, String>) {
+    let held = body.len().min(MAX_COMMAND_BYTES);
+    let mut bytes = body.read(0, FIRST_READ.min(u32::try_from(held).unwrap_or(u32::MAX)));
+    loop {
+        let parsed = receive_pack_commands(&bytes);
+        let have = bytes.len() as u64;
+        if parsed.is_ok() || have >= held {
+            return (bytes, parsed);
+        }
+        let want = u32::try_from(held - have).unwrap_or(u32::MAX);
+        let more = body.read(have, want);
+        if more.is_empty() {
+            return (bytes, parsed);
+        }
+        bytes.extend_from_slice(&more);
     }
 }
 

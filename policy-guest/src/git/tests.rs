@@ -275,3 +275,25 @@ fn bad_rules_name_the_field() {
         assert!(error.contains(needle), "{json}: {error}");
     }
 }
+
+#[test]
+fn a_large_pack_after_the_commands_is_not_read_whole() {
+    let rules = rules(AGENT);
+    let mut body = push_body(&[(A, B, "refs/heads/agent/x")]);
+    body.resize(1024 * 1024, 0x5a);
+    let partial = MemoryBody {
+        bytes: body,
+        complete: false,
+    };
+    let request = request("POST", "/w/git-receive-pack");
+    assert_eq!(rules.check("r", &request, Some(&partial)), None);
+    // Commands that never end within the bytes held: refused.
+    let endless = MemoryBody {
+        bytes: pkt(&format!("{A} {B} refs/heads/agent/x\0report-status\n")).into_bytes(),
+        complete: false,
+    };
+    assert!(matches!(
+        rules.check("r", &request, Some(&endless)),
+        Some(Verdict::Deny { status: 400, .. })
+    ));
+}
