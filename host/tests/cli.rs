@@ -43,7 +43,7 @@ fn check_prints_a_summary() {
     let out = proxy(&["policy", "check", "--routes", "examples/routes.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("rules:   6"), "{text}");
+    assert!(text.contains("rules:   7"), "{text}");
     assert!(
         text.contains("rule ids: api.github.com, pypi.org, *.pythonhosted.org"),
         "{text}"

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::git::GitRules;
 use crate::graphql::GraphqlRules;
 use crate::host::HostPattern;
 use crate::mcp::McpRules;
@@ -55,6 +56,7 @@ const ROUTE_KEYS: &[&str] = &[
     "rate_limit",
     "mcp",
     "graphql",
+    "git",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -122,6 +124,10 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
         graphql: route
             .get("graphql")
             .map(|value| GraphqlRules::parse(&format!("{at}.graphql"), value))
+            .transpose()?,
+        git: route
+            .get("git")
+            .map(|value| GitRules::parse(&format!("{at}.git"), value))
             .transpose()?,
         mcp: route
             .get("mcp")

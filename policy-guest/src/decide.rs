@@ -135,6 +135,13 @@ fn check_protocols(
 ) -> Option<Verdict> {
     let rule = route.rule.as_str();
     if let Some(verdict) = route
+        .git
+        .as_ref()
+        .and_then(|git| git.check(rule, request, body))
+    {
+        return Some(verdict);
+    }
+    if let Some(verdict) = route
         .graphql
         .as_ref()
         .and_then(|graphql| graphql.check(rule, request, headers, body))

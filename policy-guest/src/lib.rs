@@ -13,6 +13,8 @@
 //! - `path`: path normalisation and allowlist matching (dot-segments,
 //!   percent-encoding and query tricks).
 //! - `graphql`: `graphql`, operation types and mutation fields on an endpoint.
+//! - `git`: `git`, fetch and push rules for git's smart HTTP, and the `pub` parser of a
+//!   push's ref commands ([`git::receive_pack_commands`], reused by the host).
 //! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
 //! - `endpoint`, `json`: the endpoint a protocol rule owns; JSON without duplicate keys.
 //! - `rate`: `rate_limit`, a token bucket per route in the host's shared state.
@@ -43,6 +45,7 @@ mod component;
 mod config;
 mod decide;
 mod endpoint;
+pub mod git;
 mod graphql;
 mod host;
 mod json;

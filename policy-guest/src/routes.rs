@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{self, ConfigError};
+use crate::git::GitRules;
 use crate::graphql::GraphqlRules;
 use crate::host::HostPattern;
 use crate::mcp::McpRules;
@@ -57,6 +58,8 @@ pub(crate) struct Route {
     pub(crate) max_body_bytes: Option<u64>,
     /// GraphQL operation types and mutation fields on the route's GraphQL endpoint.
     pub(crate) graphql: Option<GraphqlRules>,
+    /// Fetch, push (ref patterns), delete and repositories for git's smart HTTP.
+    pub(crate) git: Option<GitRules>,
     /// JSON-RPC methods and MCP tools on the route's MCP endpoint.
     pub(crate) mcp: Option<McpRules>,
     /// Requests per period, per route or per client.

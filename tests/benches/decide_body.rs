@@ -3,7 +3,8 @@
 //! 16 KiB slices without looking at the bytes (the boundary's own cost: four `read`
 //! calls, each copying a slice into the guest), the same body read and scanned byte by
 //! byte (a sum and a word search: what a simple policy adds), and the head-only
-//! `decide` of the same request (which answers `need-body`).
+//! `decide` of the same request (which answers `need-body`); and the built-in
+//! policy's `git` rule on a 64 KiB `git-receive-pack` body updating 3 refs.
 //!
 //! Run: `cargo bench -p egress-proxy-tests --bench decide_body`
 
@@ -87,4 +88,43 @@ fn decide_head_need_body(bencher: divan::Bencher) {
     let req = request("body.test");
     assert!(matches!(generation.evaluate_head(&req), Head::NeedBody(_)));
     bencher.bench(|| generation.evaluate_head(divan::black_box(&req)));
+}
+
+/// The built-in policy's `git` rule: `decide-body` on a 64 KiB push (3 ref updates,
+/// then the pack), every ref checked against the push patterns.
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn decide_body_git_push_64k_3_refs(bencher: divan::Bencher) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let generation = runtime
+        .load_builtin()
+        .unwrap()
+        .configure(
+            r#"{"routes": [{"host": "github.com", "git": {"push": ["refs/heads/agent/*"]}}]}"#,
+            Arc::new(MapSecrets::default()),
+        )
+        .unwrap();
+    let mut req = request("github.com");
+    req.path = "/acme/widget.git/git-receive-pack".into();
+    let mut body = Vec::new();
+    for (index, name) in ["a", "b", "c"].iter().enumerate() {
+        let caps = if index == 0 {
+            "\0report-status side-band-64k agent=git/2.47"
+        } else {
+            ""
+        };
+        let line = format!(
+            "{} {} refs/heads/agent/{name}{caps}\n",
+            "1".repeat(40),
+            "2".repeat(40)
+        );
+        body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    body.extend_from_slice(b"0000PACK");
+    body.resize(65536, 0x5a);
+    let body = PolicyBody::complete(body);
+    assert!(matches!(
+        generation.evaluate_body(&req, &body),
+        Verdict::Allow { .. }
+    ));
+    bencher.bench(|| generation.evaluate_body(divan::black_box(&req), &body));
 }

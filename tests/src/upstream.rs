@@ -15,6 +15,8 @@
 //! - `/redirect?to=URL`: 302 to URL.
 //! - `/simple/`: a small HTML page (a package-index stand-in for the README quick start).
 //! - `/git/...`: files under [`UpstreamOptions::files_root`] (see [`git_bare_repo`]).
+//! - `/smart/...`: git's smart HTTP protocol for the repositories under
+//!   [`UpstreamOptions::files_root`], by `git http-backend` (see [`git_smart_repo`]).
 //!
 //! Everything it spawns is owned by the `Upstream` and stops when it is dropped.
 
@@ -40,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use ca::{CA_FILE_NAME, TestCa};
-pub use git::{README as GIT_README, git_bare_repo};
+pub use git::{README as GIT_README, git_bare_repo, git_smart_repo};
 pub use routes::BYTES_PERIOD;
 
 /// How an [`Upstream`] serves.

@@ -80,3 +80,120 @@ fn git<S: AsRef<OsStr>>(home: &Path, cwd: &Path, args: &[S]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Creates `dir/<name>`: a bare repository (SHA-256 object ids if `sha256`) with one
+/// commit on `main` holding `README.md` (content [`README`]) that accepts pushes over
+/// git's smart HTTP protocol (`http.receivepack`), for [`http_backend`]. Returns its
+/// path.
+pub fn git_smart_repo(dir: &Path, name: &str, sha256: bool) -> PathBuf {
+    let scratch = tempfile::tempdir().expect("scratch directory for git");
+    let home = scratch.path().join("home");
+    std::fs::create_dir(&home).expect("create scratch HOME");
+    let work = scratch.path().join("work");
+    let format = if sha256 { "sha256" } else { "sha1" };
+    git(
+        &home,
+        scratch.path(),
+        &[
+            "init",
+            "--quiet",
+            "--initial-branch=main",
+            &format!("--object-format={format}"),
+            "work",
+        ],
+    );
+    std::fs::write(work.join("README.md"), README).expect("write README.md");
+    git(&home, &work, &["add", "README.md"]);
+    git(&home, &work, &["commit", "--quiet", "-m", "Initial commit"]);
+    let bare = dir.join(name);
+    git(
+        &home,
+        dir,
+        &[
+            OsStr::new("clone"),
+            OsStr::new("--quiet"),
+            OsStr::new("--bare"),
+            work.as_os_str(),
+            bare.as_os_str(),
+        ],
+    );
+    git(&home, &bare, &["config", "http.receivepack", "true"]);
+    bare
+}
+
+/// Answers one smart-HTTP request (`path_info` below `root`) by running git's own
+/// CGI, `git http-backend`, with `body` on its standard input. Blocking: call it off
+/// the async runtime.
+pub(super) fn http_backend(
+    root: &Path,
+    path_info: &str,
+    query: &str,
+    method: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::Write as _;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let home = tempfile::tempdir().expect("scratch HOME for git http-backend");
+    let mut child = Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", path_info)
+        .env("QUERY_STRING", query)
+        .env("REQUEST_METHOD", method)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("git http-backend runs");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let body = body.to_vec();
+    // Written from a thread: http-backend may answer before it has read everything.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&body);
+    });
+    let output = child.wait_with_output().expect("git http-backend finishes");
+    let _ = writer.join();
+    let out = output.stdout;
+    let (head, rest) = match out.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => (&out[..end], &out[end + 4..]),
+        None => match out.windows(2).position(|w| w == b"\n\n") {
+            Some(end) => (&out[..end], &out[end + 2..]),
+            None => (&out[..], &[][..]),
+        },
+    };
+    let mut status = 200;
+    let mut fields = Vec::new();
+    for line in String::from_utf8_lossy(head).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_owned();
+        if name.eq_ignore_ascii_case("status") {
+            status = value
+                .split(' ')
+                .next()
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(500);
+        } else {
+            fields.push((name.to_owned(), value));
+        }
+    }
+    (status, fields, rest.to_vec())
+}

@@ -43,6 +43,10 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Respo
     if let Some(code) = path.strip_prefix("/status/") {
         return status(code);
     }
+    if let Some(rest) = path.strip_prefix("/smart/") {
+        let path_info = format!("/{rest}");
+        return smart_git(req, shared.files_root.clone(), path_info).await;
+    }
     if path.starts_with("/git/") {
         return git_file(&req, shared.files_root.as_deref());
     }
@@ -239,6 +243,43 @@ fn redirect(req: &Request<Incoming>) -> Response<Body> {
         &[(header::LOCATION, location)],
         Empty::new().boxed_unsync(),
     )
+}
+
+/// `/smart/<rest>`: git's smart HTTP protocol for the repositories under
+/// [`super::UpstreamOptions::files_root`], answered by `git http-backend`.
+async fn smart_git(
+    req: Request<Incoming>,
+    files_root: Option<std::path::PathBuf>,
+    path_info: String,
+) -> Response<Body> {
+    let Some(root) = files_root else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await else {
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    let body = body.to_bytes();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let method = parts.method.as_str().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        super::git::http_backend(&root, &path_info, &query, &method, &parts.headers, &body)
+    })
+    .await;
+    let Ok((status, headers, body)) = answer else {
+        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
 }
 
 /// `/git/<rest>`: the file `files_root/<rest>`, for git's dumb HTTP protocol.
