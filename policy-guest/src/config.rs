@@ -160,21 +160,12 @@ fn parse_methods(at: &str, value: Option<&Value>) -> Result<Option<Vec<String>>,
     let Some(value) = value else {
         return Ok(None);
     };
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!(
-                "expected a list of methods such as [GET, HEAD], found {}",
-                kind(value)
-            ),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            "is empty; list at least one method, or omit `methods` to allow any",
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        "a list of methods such as [GET, HEAD]",
+        "list at least one method, or omit `methods` to allow any",
+    )?;
     let mut methods = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let at = format!("{at}[{index}]");
@@ -355,19 +346,12 @@ fn parse_ports(at: &str, value: Option<&Value>) -> Result<Option<Vec<u16>>, Conf
     let Some(value) = value else {
         return Ok(None);
     };
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!("expected a list of port numbers, found {}", kind(value)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            "is empty; list at least one port, or omit `ports` for the default \
-             (443 for https, 80 for http)",
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        "a list of port numbers",
+        "list at least one port, or omit `ports` for the default (443 for https, 80 for http)",
+    )?;
     let mut ports = items
         .iter()
         .enumerate()
@@ -399,6 +383,26 @@ fn parse_bool(at: &str, value: Option<&Value>) -> Result<Option<bool>, ConfigErr
             })
         })
         .transpose()
+}
+
+/// A non-empty list, or an error: `expected` names what was wanted (`a list of
+/// patterns`), `if_empty` says what to do instead of an empty one.
+pub(crate) fn non_empty_list<'v>(
+    at: &str,
+    value: &'v Value,
+    expected: &str,
+    if_empty: &str,
+) -> Result<&'v [Value], ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(ConfigError::new(
+            at,
+            format!("expected {expected}, found {}", kind(value)),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ConfigError::new(at, format!("is empty; {if_empty}")));
+    }
+    Ok(items)
 }
 
 /// An object, or an error naming the expected `shape`.

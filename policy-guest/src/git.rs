@@ -40,7 +40,9 @@ pub use receive_pack::{Commands, RefUpdate, receive_pack_commands};
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, expect_object, expect_str, kind, reject_unknown_keys};
+use crate::config::{
+    ConfigError, expect_object, expect_str, kind, non_empty_list, reject_unknown_keys,
+};
 use crate::decide::quote;
 use crate::path::{NormalPath, PathError};
 use crate::request::{Body, Request};
@@ -422,18 +424,12 @@ fn patterns(
     let Some(value) = value else {
         return Ok(None);
     };
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!("expected a list of patterns, found {}", kind(value)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            "is empty; list at least one pattern, or omit the key",
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        "a list of patterns",
+        "list at least one pattern, or omit the key",
+    )?;
     items
         .iter()
         .enumerate()

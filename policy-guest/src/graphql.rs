@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use apollo_parser::{Parser, cst};
 use serde_json::Value;
 
-use crate::config::{ConfigError, expect_object, expect_str, kind, reject_unknown_keys};
+use crate::config::{
+    ConfigError, expect_object, expect_str, kind, non_empty_list, reject_unknown_keys,
+};
 use crate::decide::quote;
 use crate::endpoint::Endpoint;
 use crate::request::{Body, Headers, Request, read_all};
@@ -488,18 +490,12 @@ fn from_post(
 }
 
 fn parse_operations(at: &str, value: &Value) -> Result<Vec<Operation>, ConfigError> {
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!("expected a list such as [query], found {}", kind(value)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            "is empty; list at least one of query, mutation, subscription",
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        "a list such as [query]",
+        "list at least one of query, mutation, subscription",
+    )?;
     let mut operations = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let at = format!("{at}[{index}]");
@@ -524,18 +520,12 @@ fn parse_operations(at: &str, value: &Value) -> Result<Vec<Operation>, ConfigErr
 }
 
 fn parse_fields(at: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!("expected a list of field names, found {}", kind(value)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            "is empty; list at least one mutation field, or omit `mutations` to allow any",
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        "a list of field names",
+        "list at least one mutation field, or omit `mutations` to allow any",
+    )?;
     let mut fields: Vec<String> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let at = format!("{at}[{index}]");

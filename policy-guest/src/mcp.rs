@@ -16,7 +16,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{ConfigError, expect_object, expect_str, kind, reject_unknown_keys};
+use crate::config::{
+    ConfigError, expect_object, expect_str, kind, non_empty_list, reject_unknown_keys,
+};
 use crate::endpoint::Endpoint;
 use crate::request::{Body, Request, read_all};
 use crate::verdict::Verdict;
@@ -208,18 +210,12 @@ fn names(at: &str, value: Option<&Value>, what: &str) -> Result<Option<Vec<Strin
     let Some(value) = value else {
         return Ok(None);
     };
-    let Value::Array(items) = value else {
-        return Err(ConfigError::new(
-            at,
-            format!("expected a list of {what} names, found {}", kind(value)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            format!("is empty; list at least one {what}, or omit the key to allow any"),
-        ));
-    }
+    let items = non_empty_list(
+        at,
+        value,
+        &format!("a list of {what} names"),
+        &format!("list at least one {what}, or omit the key to allow any"),
+    )?;
     let mut names: Vec<String> = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let name = expect_str(&format!("{at}[{index}]"), item)?;

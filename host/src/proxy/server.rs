@@ -223,15 +223,11 @@ async fn serve_client(proxy: &Arc<Proxy>, io: Idle<TcpStream>, client: SocketAdd
         let ambiguity = ambiguity.clone();
         async move { Ok::<_, Infallible>(handle(&proxy, req, client, &ambiguity).await) }
     });
-    let conn = proxy
-        .builders
-        .outer
-        .serve_connection_with_upgrades(io, service);
-    drive(proxy, conn).await;
+    serve_http1(proxy, io, service).await;
 }
 
-/// Serve a plain HTTP/1.1 connection (the transparent listener's plain-HTTP path) with
-/// the client-connection settings.
+/// Serve a plain HTTP/1.1 client connection (the explicit listener's, and the
+/// transparent listener's plain-HTTP path) with the client-connection settings.
 pub(crate) async fn serve_http1<I, S>(proxy: &Arc<Proxy>, io: I, service: S)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

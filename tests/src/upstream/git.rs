@@ -15,34 +15,7 @@ pub const README: &str = "hello from the test upstream\n";
 /// Runs the real `git` binary isolated from the user's and system configuration;
 /// panics if git is missing or a step fails.
 pub fn git_bare_repo(dir: &Path) -> PathBuf {
-    let scratch = tempfile::tempdir().expect("scratch directory for git");
-    let home = scratch.path().join("home");
-    std::fs::create_dir(&home).expect("create scratch HOME");
-    let work = scratch.path().join("work");
-
-    git(
-        &home,
-        scratch.path(),
-        &["init", "--quiet", "--initial-branch=main", "work"],
-    );
-    std::fs::write(work.join("README.md"), README).expect("write README.md");
-    git(&home, &work, &["add", "README.md"]);
-    git(&home, &work, &["commit", "--quiet", "-m", "Initial commit"]);
-
-    let bare = dir.join("repo.git");
-    git(
-        &home,
-        dir,
-        &[
-            OsStr::new("clone"),
-            OsStr::new("--quiet"),
-            OsStr::new("--bare"),
-            work.as_os_str(),
-            bare.as_os_str(),
-        ],
-    );
-    git(&home, &bare, &["update-server-info"]);
-    bare
+    bare_with_one_commit(dir, "repo.git", "sha1", &["update-server-info"])
 }
 
 /// Runs `git args...` in `cwd` with `home` as `HOME` and fixed identities.
@@ -86,11 +59,18 @@ fn git<S: AsRef<OsStr>>(home: &Path, cwd: &Path, args: &[S]) {
 /// git's smart HTTP protocol (`http.receivepack`), for [`http_backend`]. Returns its
 /// path.
 pub fn git_smart_repo(dir: &Path, name: &str, sha256: bool) -> PathBuf {
+    let format = if sha256 { "sha256" } else { "sha1" };
+    bare_with_one_commit(dir, name, format, &["config", "http.receivepack", "true"])
+}
+
+/// `dir/name`: a bare clone of a one-commit repository (`README.md` on `main`, object
+/// format `format`), made with the real `git` isolated from the user's and system
+/// configuration, then `git finish…` run in it. Panics if a step fails.
+fn bare_with_one_commit(dir: &Path, name: &str, format: &str, finish: &[&str]) -> PathBuf {
     let scratch = tempfile::tempdir().expect("scratch directory for git");
     let home = scratch.path().join("home");
     std::fs::create_dir(&home).expect("create scratch HOME");
     let work = scratch.path().join("work");
-    let format = if sha256 { "sha256" } else { "sha1" };
     git(
         &home,
         scratch.path(),
@@ -117,7 +97,7 @@ pub fn git_smart_repo(dir: &Path, name: &str, sha256: bool) -> PathBuf {
             bare.as_os_str(),
         ],
     );
-    git(&home, &bare, &["config", "http.receivepack", "true"]);
+    git(&home, &bare, finish);
     bare
 }
 
