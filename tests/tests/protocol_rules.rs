@@ -160,16 +160,37 @@ async fn graphql_queries_pass_and_mutations_and_undecidable_shapes_are_refused()
     );
 }
 
-/// The venv `.ci/run` makes with `tests/mcp/requirements.txt`.
+/// The venv with the official MCP Python SDK (`tests/mcp/requirements.txt`):
+/// `.ci/run` makes it first; a plain `cargo test` makes it here if it is missing
+/// (python3 with venv and pip, and PyPI, needed), so the README's test command works
+/// on a fresh machine.
 fn mcp_python() -> PathBuf {
-    let python = repo_root().join("target/ci-venv-mcp/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: the MCP test needs the official MCP Python SDK. Run \
-         `python3 -m venv target/ci-venv-mcp && target/ci-venv-mcp/bin/pip install -r \
-         tests/mcp/requirements.txt` (.ci/run does this)",
-        python.display()
-    );
+    let venv = repo_root().join("target/ci-venv-mcp");
+    let python = venv.join("bin/python");
+    let hint = "the MCP test needs the official MCP Python SDK: `python3 -m venv \
+                target/ci-venv-mcp && target/ci-venv-mcp/bin/pip install -r \
+                tests/mcp/requirements.txt` (.ci/run does this)";
+    if !python.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(made, "`python3 -m venv` failed; {hint}");
+    }
+    let installed = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(repo_root().join("tests/mcp/requirements.txt"))
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(installed, "installing the MCP SDK failed; {hint}");
     python
 }
 
