@@ -12,7 +12,8 @@
 //! - `host`: host patterns (`api.github.com`, `*.pythonhosted.org`, IP literals).
 //! - `path`: path normalisation and allowlist matching (dot-segments,
 //!   percent-encoding and query tricks).
-//! - `graphql`: `graphql`, operation types and mutation fields on an endpoint.
+//! - `graphql`: `graphql`, operation types and mutation fields on an endpoint, and the
+//!   `pub` parser of executable documents ([`graphql::syntax::parse`]).
 //! - `git`: `git`, fetch and push rules for git's smart HTTP, and the `pub` parser of a
 //!   push's ref commands ([`git::receive_pack_commands`], reused by the host).
 //! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
@@ -46,7 +47,7 @@ mod config;
 mod decide;
 mod endpoint;
 pub mod git;
-mod graphql;
+pub mod graphql;
 mod host;
 mod json;
 mod mcp;

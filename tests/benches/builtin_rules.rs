@@ -1,6 +1,6 @@
 //! The built-in policy's protocol rules, through the compiled component, in one run:
-//! `decide-body` of a 2 KiB GraphQL query (JSON read, document parsed with
-//! apollo-parser, operation chosen, fields checked), of an MCP `tools/call`, and the
+//! `decide-body` of a 2 KiB GraphQL query (JSON read, document parsed, operation
+//! chosen, fields checked), of an MCP `tools/call`, and the
 //! head-only `decide` of a plain route in the same routes document (which the new
 //! keys must leave unchanged).
 //!

@@ -4,20 +4,21 @@
 //! The operation is found as a server finds it: the request is `POST` JSON
 //! `{query, operationName, variables, extensions}` (or `application/graphql`, the
 //! document as the body), or `GET ?query=…&operationName=…`; the document is parsed
-//! with `apollo-parser`; the executed operation is the one `operationName` names, or
-//! the only one. Its type must be in `operations` (default: `query` only), and for a
+//! by [`syntax`] (the specification's grammar of an executable document, checked
+//! against `apollo-parser`); the executed operation is the one `operationName` names,
+//! or the only one. Its type must be in `operations` (default: `query` only), and for a
 //! mutation with `mutations` listed, every top-level field — through fragment spreads
 //! and inline fragments, by field name, not alias — must be one of them.
 //!
 //! Refused: a batch (a JSON array), a persisted-query id without a document, several
-//! operations and no `operationName`, an `operationName` naming none of them, a
+//! operations and no `operationName`, an anonymous operation beside others, an
+//! `operationName` naming none of them, a
 //! document with a syntax error or a type-system definition, a query both in the URL
 //! and in the body, duplicate keys or parameters, other content types (multipart
 //! uploads included) and other methods (405).
 
 use std::collections::BTreeMap;
 
-use apollo_parser::{Parser, cst};
 use serde_json::Value;
 
 use crate::config::{
@@ -27,34 +28,18 @@ use crate::decide::quote;
 use crate::endpoint::Endpoint;
 use crate::request::{Body, Headers, Request, read_all};
 use crate::verdict::Verdict;
+use syntax::Top;
+
+pub mod syntax;
 
 /// Largest GraphQL request body read for a decision.
 const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
-/// Parser bounds: deeper or longer documents are refused, not parsed without end.
-const RECURSION_LIMIT: usize = 256;
-const TOKEN_LIMIT: usize = 100_000;
 
 const KEYS: &[&str] = &["path", "operations", "mutations"];
 const FORBIDDEN: u16 = 403;
 const BAD_REQUEST: u16 = 400;
 
-/// An operation type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    Query,
-    Mutation,
-    Subscription,
-}
-
-impl Operation {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Mutation => "mutation",
-            Self::Subscription => "subscription",
-        }
-    }
-}
+pub(crate) use syntax::OperationType as Operation;
 
 /// A route's GraphQL rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +160,7 @@ impl GraphqlRules {
             && let Some(allowed) = &self.mutations
             && let Some(field) = fields
                 .iter()
-                .find(|field| *field != "__typename" && !allowed.contains(field))
+                .find(|field| **field != "__typename" && !allowed.iter().any(|a| a == *field))
         {
             return Err(Refused::Forbidden(format!(
                 "mutation field `{}`{} is not allowed (allowed: {})",
@@ -200,65 +185,45 @@ struct GraphqlRequest {
     operation_name: Option<String>,
 }
 
-/// A parsed executable document: its operations and fragments.
-struct Document {
-    /// (name, type, selection set) in document order.
-    operations: Vec<(Option<String>, Operation, Option<cst::SelectionSet>)>,
-    fragments: BTreeMap<String, Option<cst::SelectionSet>>,
+/// A parsed executable document: its operations and fragments by name.
+struct Document<'a> {
+    operations: Vec<syntax::OperationDefinition<'a>>,
+    fragments: BTreeMap<&'a str, Vec<Top<'a>>>,
 }
 
-impl Document {
-    fn parse(text: &str) -> Result<Self, String> {
-        let tree = Parser::new(text)
-            .recursion_limit(RECURSION_LIMIT)
-            .token_limit(TOKEN_LIMIT)
-            .parse();
-        if let Some(error) = tree.errors().next() {
-            return Err(format!(
-                "the document does not parse: {} (at byte {})",
-                quote(error.message()),
-                error.index()
-            ));
-        }
-        let mut operations = Vec::new();
+impl<'a> Document<'a> {
+    fn parse(text: &'a str) -> Result<Self, String> {
+        let parsed = syntax::parse(text).map_err(|error| {
+            if error.type_system {
+                "the document defines types or a schema; only operations and fragments can be executed"
+                    .to_owned()
+            } else {
+                format!(
+                    "the document does not parse: {} (at byte {})",
+                    quote(&error.message),
+                    error.at
+                )
+            }
+        })?;
         let mut fragments = BTreeMap::new();
-        for definition in tree.document().definitions() {
-            match definition {
-                cst::Definition::OperationDefinition(op) => {
-                    let operation = match op.operation_type() {
-                        None => Operation::Query,
-                        Some(kind) if kind.query_token().is_some() => Operation::Query,
-                        Some(kind) if kind.mutation_token().is_some() => Operation::Mutation,
-                        Some(kind) if kind.subscription_token().is_some() => {
-                            Operation::Subscription
-                        }
-                        Some(_) => return Err("an operation of unknown type".to_owned()),
-                    };
-                    let name = op.name().map(|name| name.text().to_string());
-                    operations.push((name, operation, op.selection_set()));
-                }
-                cst::Definition::FragmentDefinition(fragment) => {
-                    let Some(name) = fragment.fragment_name().and_then(|n| n.name()) else {
-                        return Err("a fragment without a name".to_owned());
-                    };
-                    let name = name.text().to_string();
-                    if fragments
-                        .insert(name.clone(), fragment.selection_set())
-                        .is_some()
-                    {
-                        return Err(format!("the fragment `{}` is defined twice", quote(&name)));
-                    }
-                }
-                _ => {
-                    return Err(
-                        "the document defines types or a schema; only operations and fragments can be executed"
-                            .to_owned(),
-                    );
-                }
+        for fragment in parsed.fragments {
+            if fragments
+                .insert(fragment.name, fragment.selections)
+                .is_some()
+            {
+                return Err(format!(
+                    "the fragment `{}` is defined twice",
+                    quote(fragment.name)
+                ));
             }
         }
+        if parsed.operations.len() > 1 && parsed.operations.iter().any(|op| op.name.is_none()) {
+            return Err(
+                "an anonymous operation beside others (a server refuses the document)".to_owned(),
+            );
+        }
         Ok(Self {
-            operations,
+            operations: parsed.operations,
             fragments,
         })
     }
@@ -267,13 +232,10 @@ impl Document {
     fn executed(
         &self,
         operation_name: Option<&str>,
-    ) -> Result<(Option<&str>, Operation, Vec<String>), String> {
+    ) -> Result<(Option<&'a str>, Operation, Vec<&'a str>), String> {
         let chosen = match operation_name {
             Some(wanted) => {
-                let mut matching = self
-                    .operations
-                    .iter()
-                    .filter(|(name, _, _)| name.as_deref() == Some(wanted));
+                let mut matching = self.operations.iter().filter(|op| op.name == Some(wanted));
                 let found = matching.next().ok_or_else(|| {
                     format!(
                         "`operationName` `{}` names no operation in the document",
@@ -296,49 +258,34 @@ impl Document {
                 }
             },
         };
-        let (name, operation, selections) = chosen;
         let mut fields = Vec::new();
         let mut visiting = Vec::new();
-        self.top_level_fields(selections.as_ref(), &mut fields, &mut visiting)?;
-        Ok((name.as_deref(), *operation, fields))
+        self.top_level_fields(&chosen.selections, &mut fields, &mut visiting)?;
+        Ok((chosen.name, chosen.kind, fields))
     }
 
     /// The field names at the top of `set`, through fragment spreads and inline
     /// fragments; `visiting` guards against a fragment cycle.
     fn top_level_fields(
         &self,
-        set: Option<&cst::SelectionSet>,
-        fields: &mut Vec<String>,
-        visiting: &mut Vec<String>,
+        set: &[Top<'a>],
+        fields: &mut Vec<&'a str>,
+        visiting: &mut Vec<&'a str>,
     ) -> Result<(), String> {
-        let Some(set) = set else {
-            return Err("an operation without a selection set".to_owned());
-        };
-        for selection in set.selections() {
+        for selection in set {
             match selection {
-                cst::Selection::Field(field) => {
-                    let name = field.name().ok_or("a field without a name")?;
-                    fields.push(name.text().to_string());
-                }
-                cst::Selection::InlineFragment(inline) => {
-                    self.top_level_fields(inline.selection_set().as_ref(), fields, visiting)?;
-                }
-                cst::Selection::FragmentSpread(spread) => {
-                    let name = spread
-                        .fragment_name()
-                        .and_then(|n| n.name())
-                        .ok_or("a fragment spread without a name")?
-                        .text()
-                        .to_string();
-                    if visiting.contains(&name) {
-                        return Err(format!("the fragment `{}` spreads itself", quote(&name)));
+                Top::Field(name) => fields.push(name),
+                Top::Inline(inner) => self.top_level_fields(inner, fields, visiting)?,
+                Top::Spread(name) => {
+                    if visiting.contains(name) {
+                        return Err(format!("the fragment `{}` spreads itself", quote(name)));
                     }
                     let set = self
                         .fragments
-                        .get(&name)
-                        .ok_or_else(|| format!("the fragment `{}` is not defined", quote(&name)))?;
+                        .get(name)
+                        .ok_or_else(|| format!("the fragment `{}` is not defined", quote(name)))?;
                     visiting.push(name);
-                    self.top_level_fields(set.as_ref(), fields, visiting)?;
+                    self.top_level_fields(set, fields, visiting)?;
                     visiting.pop();
                 }
             }
@@ -674,6 +621,10 @@ mod tests {
                 "two operations",
             ),
             (body("{ a ", None), "does not parse"),
+            (
+                body("{ a } query B { b }", Some("B")),
+                "an anonymous operation beside others",
+            ),
             (body("type Query { a: Int }", None), "defines types"),
             (body("", None), "does not parse"),
             (
