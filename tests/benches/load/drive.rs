@@ -13,6 +13,9 @@ use tokio::task::JoinSet;
 pub enum Load {
     /// This many HTTP/1.1 connections, each reused for request after request.
     KeepAlive { connections: usize },
+    /// The same over plain HTTP: through a proxy, absolute-form requests
+    /// (`GET http://host:port/path`), no tunnel.
+    PlainKeepAlive { connections: usize },
     /// This many requests in flight, each on a connection of its own.
     NewConnection { concurrency: usize },
     /// One SSE stream of this many events after another: event 0 alone (the time to
@@ -25,10 +28,12 @@ pub enum Load {
 }
 
 impl Load {
-    /// A short name for `LOAD_ONLY`: `keep-alive-N`, `new-connection`, `sse`.
+    /// A short name for `LOAD_ONLY`: `keep-alive-N`, `plain-keep-alive-N`,
+    /// `new-connection`, `sse`, `inspected-post`.
     pub fn id(&self) -> String {
         match self {
             Self::KeepAlive { connections } => format!("keep-alive-{connections}"),
+            Self::PlainKeepAlive { connections } => format!("plain-keep-alive-{connections}"),
             Self::NewConnection { .. } => "new-connection".to_owned(),
             Self::Sse { .. } => "sse".to_owned(),
             Self::InspectedPost { .. } => "inspected-post".to_owned(),
@@ -123,7 +128,9 @@ pub async fn measure(
     sample: &impl Fn() -> Sample,
 ) -> Run {
     match load {
-        Load::KeepAlive { connections: n } | Load::NewConnection { concurrency: n } => {
+        Load::KeepAlive { connections: n }
+        | Load::PlainKeepAlive { connections: n }
+        | Load::NewConnection { concurrency: n } => {
             requests(n, client, url, None, window, sample).await
         }
         Load::InspectedPost { connections, bytes } => {

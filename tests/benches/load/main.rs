@@ -6,10 +6,15 @@
 //! worker thread on CPU 0; this process (load generator and upstream, one thread) is
 //! pinned to CPU 1 — or everything runs unpinned, and the output says so.
 //!
-//! Loads, each with a fresh proxy process (so its peak RSS is the scenario's), direct
-//! and proxied runs alternating for [`REPEATS_VAR`] rounds:
+//! Loads, each with fresh proxy processes (so their peak RSS is the scenario's), the
+//! paths ([`Via`]) alternating for [`REPEATS_VAR`] rounds: direct; egress-proxy with
+//! the access log off (`proxy`) and on (`proxy-log`, JSON to a pipe this process
+//! drains); its transparent listener; and the peer, a plain hudsucker MITM proxy
+//! (`bench/hudsucker`, built by `scripts/bench-load.sh`) with the same policy:
 //! - `keep-alive-1`, `keep-alive-64`: keep-alive HTTP/1.1, small responses
 //!   ([`SMALL_RESPONSE`]), 1 and 64 connections;
+//! - `plain-keep-alive-64`: the same over plain HTTP (absolute-form requests through
+//!   the proxies) to a plain upstream;
 //! - `new-connection`: a new connection (TCP + TLS; through the proxy, CONNECT + TLS)
 //!   per request;
 //! - `sse`: back-to-back SSE streams: time to first event and events per second;
@@ -19,16 +24,18 @@
 //!   every request is held, inspected and then forwarded.
 //!
 //! Settings (environment): `LOAD_SECONDS`, `LOAD_WARMUP_SECONDS`, `LOAD_REPEATS`,
-//! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated). Every window also
+//! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated), `LOAD_VIAS`
+//! (`proxy,proxy-log,transparent,hudsucker`, comma-separated), `LOAD_HUDSUCKER_BIN`. Every window also
 //! records the CPU other processes used: figures taken while that is high are noise.
 //!
-//! Modules: `host` (pinning, `/proc`), `proxy` (the child process), `drive` (load
-//! generators), `report` (tables).
+//! Modules: `host` (pinning, `/proc`), `proxy` (the egress-proxy child process),
+//! `peer` (the hudsucker child process), `drive` (load generators), `report` (tables).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 
 mod drive;
 mod host;
+mod peer;
 mod proxy;
 mod report;
 
@@ -39,8 +46,9 @@ use egress_proxy_tests::upstream::{Upstream, UpstreamOptions};
 
 use crate::drive::{Load, Run, Sample, Window};
 use crate::host::Pinning;
+use crate::peer::PeerProcess;
 use crate::proxy::ProxyProcess;
-use crate::report::Scenario;
+use crate::report::{PathRuns, Scenario};
 
 /// Measured seconds per run.
 const SECONDS_VAR: &str = "LOAD_SECONDS";
@@ -56,6 +64,8 @@ const SSE_EVENTS_VAR: &str = "LOAD_SSE_EVENTS";
 const DEFAULT_SSE_EVENTS: u32 = 10_000;
 /// Only these scenarios (comma-separated [`Load::id`]s); default all.
 const ONLY_VAR: &str = "LOAD_ONLY";
+/// Only these paths besides direct (comma-separated [`Via::id`]s); default all.
+const VIAS_VAR: &str = "LOAD_VIAS";
 
 /// The small response: 100 bytes.
 const SMALL_RESPONSE: &str = "/bytes?n=100";
@@ -77,6 +87,7 @@ struct Settings {
     repeats: usize,
     sse_events: u32,
     only: Option<String>,
+    vias: Vec<Via>,
 }
 
 impl Settings {
@@ -90,6 +101,7 @@ impl Settings {
             repeats: env_or(REPEATS_VAR, DEFAULT_REPEATS).max(1),
             sse_events: env_or(SSE_EVENTS_VAR, DEFAULT_SSE_EVENTS).max(1),
             only: std::env::var(ONLY_VAR).ok().filter(|only| !only.is_empty()),
+            vias: vias_from_env(),
         }
     }
 
@@ -97,6 +109,9 @@ impl Settings {
         let all = [
             Load::KeepAlive { connections: 1 },
             Load::KeepAlive {
+                connections: MANY_CONNECTIONS,
+            },
+            Load::PlainKeepAlive {
                 connections: MANY_CONNECTIONS,
             },
             Load::NewConnection {
@@ -126,6 +141,29 @@ impl Settings {
     }
 }
 
+/// The paths [`VIAS_VAR`] names (direct always first), or all of them.
+fn vias_from_env() -> Vec<Via> {
+    let Some(list) = std::env::var(VIAS_VAR).ok().filter(|v| !v.is_empty()) else {
+        return Via::ALL.to_vec();
+    };
+    let mut vias = vec![Via::Direct];
+    for id in list.split(',').map(str::trim) {
+        let via = Via::ALL
+            .into_iter()
+            .find(|via| via.id() == id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{VIAS_VAR}: `{id}` is not a path; the ids are {:?}",
+                    Via::ALL.map(Via::id)
+                )
+            });
+        if !vias.contains(&via) {
+            vias.push(via);
+        }
+    }
+    vias
+}
+
 /// `var` parsed, or `default` if unset; a value that does not parse is fatal.
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
     match std::env::var(var) {
@@ -153,13 +191,13 @@ fn main() {
     let notes = [
         pinning.describe(),
         format!(
-            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, direct, proxy and transparent in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 over TLS; CLK_TCK {ticks_per_second}",
+            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, paths in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 (over TLS but for plain-keep-alive); CLK_TCK {ticks_per_second}",
             settings.repeats,
             window.measure.as_secs_f64(),
             window.warmup.as_secs_f64()
         ),
         format!(
-            "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}; proxy binary {}",
+            "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}, {VIAS_VAR}; proxy binary {}",
             bin.display()
         ),
     ];
@@ -183,20 +221,74 @@ fn proxy_binary() -> PathBuf {
 
 /// Which way a run's requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub enum Via {
     Direct,
-    /// The explicit proxy (`HTTPS_PROXY`, CONNECT).
+    /// egress-proxy as an explicit proxy (`HTTPS_PROXY`, CONNECT), access log off.
     Proxy,
-    /// The transparent listener, dialled as if it were the upstream: it listens on
-    /// the upstream's port on another loopback address (127.0.0.2), so the original
-    /// destination's port is the upstream's without a redirect rule (no root needed);
-    /// the rest — ClientHello, SNI, the CONNECT decision, interception — is the
-    /// redirected path.
+    /// The same with the access log on (JSON, one line per request, to stderr).
+    Logged,
+    /// egress-proxy's transparent listener, dialled as if it were the upstream: it
+    /// listens on the upstream's port on another loopback address (127.0.0.2), so the
+    /// original destination's port is the upstream's without a redirect rule (no root
+    /// needed); the rest — ClientHello, SNI, the CONNECT decision, interception — is
+    /// the redirected path. TLS loads only.
     Transparent,
+    /// The peer: a plain hudsucker MITM proxy (`bench/hudsucker`) with the same
+    /// policy, no log.
+    Hudsucker,
+}
+
+impl Via {
+    pub const ALL: [Via; 5] = [
+        Via::Direct,
+        Via::Proxy,
+        Via::Logged,
+        Via::Transparent,
+        Via::Hudsucker,
+    ];
+
+    /// The name in `LOAD_VIAS` and in the report.
+    pub fn id(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Proxy => "proxy",
+            Via::Logged => "proxy-log",
+            Via::Transparent => "transparent",
+            Via::Hudsucker => "hudsucker",
+        }
+    }
+
+    fn serves(self, load: Load) -> bool {
+        match self {
+            Via::Transparent => !matches!(load, Load::PlainKeepAlive { .. }),
+            // The peer has no body policy; an inspected POST is egress-proxy's alone.
+            Via::Hudsucker => !matches!(load, Load::InspectedPost { .. }),
+            _ => true,
+        }
+    }
 }
 
 /// Where the transparent listener listens: the upstream's port on this address.
 const TRANSPARENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// The processes one scenario's paths go through.
+struct Proxies {
+    /// Log off; also serves the transparent path.
+    quiet: Option<ProxyProcess>,
+    logged: Option<ProxyProcess>,
+    peer: Option<PeerProcess>,
+}
+
+impl Proxies {
+    fn ticks(&self, via: Via) -> Option<u64> {
+        match via {
+            Via::Direct => None,
+            Via::Proxy | Via::Transparent => self.quiet.as_ref().map(ProxyProcess::cpu_ticks),
+            Via::Logged => self.logged.as_ref().map(ProxyProcess::cpu_ticks),
+            Via::Hudsucker => self.peer.as_ref().map(PeerProcess::cpu_ticks),
+        }
+    }
+}
 
 async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario> {
     let upstream = Upstream::start(UpstreamOptions {
@@ -205,12 +297,26 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
         ..UpstreamOptions::default()
     })
     .await;
+    let plain = Upstream::start(UpstreamOptions {
+        tls: false,
+        http2: false,
+        record_requests: false,
+        ..UpstreamOptions::default()
+    })
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream_ca = upstream.ca().write_pem(dir.path());
-    let routes = proxy::write_routes(dir.path(), upstream.port());
+    let routes = proxy::write_routes(dir.path(), &[upstream.port(), plain.port()]);
+    let peer_bin = settings.vias.contains(&Via::Hudsucker).then(peer::binary);
 
     let mut scenarios = Vec::new();
     for load in settings.loads() {
+        let vias: Vec<Via> = settings
+            .vias
+            .iter()
+            .copied()
+            .filter(|via| via.serves(load))
+            .collect();
         let mut extra = match load {
             Load::InspectedPost { .. } => vec![
                 "--policy".to_owned(),
@@ -220,87 +326,149 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
             ],
             _ => Vec::new(),
         };
-        extra.push("--transparent-listen".to_owned());
-        extra.push(format!("{TRANSPARENT_IP}:{}", upstream.port()));
-        let proxy = ProxyProcess::start(bin, pinning, dir.path(), &routes, &upstream_ca, &extra);
-        let started = proxy.memory();
+        let start = |logged: bool, extra: &[String]| {
+            let state = dir.path().join(if logged { "logged" } else { "quiet" });
+            ProxyProcess::start(bin, pinning, &state, &routes, &upstream_ca, logged, extra)
+        };
+        let quiet = vias
+            .iter()
+            .any(|v| matches!(v, Via::Proxy | Via::Transparent))
+            .then(|| {
+                let mut extra = extra.clone();
+                if vias.contains(&Via::Transparent) {
+                    extra.push("--transparent-listen".to_owned());
+                    extra.push(format!("{TRANSPARENT_IP}:{}", upstream.port()));
+                }
+                start(false, &extra)
+            });
+        let logged = vias.contains(&Via::Logged).then(|| start(true, &extra));
+        extra.clear();
+        let peer = vias.contains(&Via::Hudsucker).then(|| {
+            let bin = peer_bin.as_ref().expect("peer binary");
+            PeerProcess::start(bin, pinning, &dir.path().join("peer"), &upstream_ca)
+        });
+        let proxies = Proxies {
+            quiet,
+            logged,
+            peer,
+        };
+        let started = [
+            proxies.quiet.as_ref().map(ProxyProcess::memory),
+            proxies.logged.as_ref().map(ProxyProcess::memory),
+            proxies.peer.as_ref().map(PeerProcess::memory),
+        ];
         let url = match load {
             Load::Sse { events } => upstream.url(&format!("/sse?events={events}")),
             Load::InspectedPost { .. } => {
                 format!("https://{INSPECTED_HOST}:{}/echo", upstream.port())
             }
+            Load::PlainKeepAlive { .. } => plain.url(SMALL_RESPONSE),
             _ => upstream.url(SMALL_RESPONSE),
         };
-        let mut direct = Vec::new();
-        let mut proxied = Vec::new();
-        let mut transparent = Vec::new();
+        let target = if matches!(load, Load::PlainKeepAlive { .. }) {
+            &plain
+        } else {
+            &upstream
+        };
+        let mut paths: Vec<PathRuns> = vias.iter().map(|&via| PathRuns::new(via)).collect();
         for round in 0..settings.repeats {
-            let mut order = [Via::Direct, Via::Proxy, Via::Transparent];
-            order.rotate_left(round % 3);
-            for via in order {
-                let client = client(via, load, &upstream, &proxy);
+            let mut order: Vec<usize> = (0..paths.len()).collect();
+            order.rotate_left(round % paths.len());
+            for index in order {
+                let via = paths[index].via;
+                let client = client(via, load, target, &proxies);
                 let sample = || Sample {
                     at: std::time::Instant::now(),
-                    proxy_ticks: (via != Via::Direct).then(|| proxy.cpu_ticks()),
+                    proxy_ticks: proxies.ticks(via),
                     bench_ticks: host::cpu_ticks("self"),
                     system_ticks: host::system_busy_ticks(),
                 };
                 let run =
-                    drive::measure(load, &client, &upstream, &url, settings.window, &sample).await;
+                    drive::measure(load, &client, target, &url, settings.window, &sample).await;
                 progress(load, via, round, &run);
-                match via {
-                    Via::Direct => direct.push(run),
-                    Via::Proxy => proxied.push(run),
-                    Via::Transparent => transparent.push(run),
-                }
+                paths[index].runs.push(run);
             }
         }
-        let memory = [started, proxy.memory()];
+        let [quiet_start, logged_start, peer_start] = started;
+        for path in &mut paths {
+            let (memory, end) = match path.via {
+                Via::Direct => continue,
+                Via::Proxy | Via::Transparent => (
+                    quiet_start,
+                    proxies.quiet.as_ref().map(ProxyProcess::memory),
+                ),
+                Via::Logged => (
+                    logged_start,
+                    proxies.logged.as_ref().map(ProxyProcess::memory),
+                ),
+                Via::Hudsucker => (peer_start, proxies.peer.as_ref().map(PeerProcess::memory)),
+            };
+            path.memory = memory.zip(end).map(|(a, b)| [a, b]);
+        }
+        let warnings = proxies.quiet.map_or(0, ProxyProcess::stop)
+            + proxies.logged.map_or(0, ProxyProcess::stop);
+        if let Some(peer) = proxies.peer {
+            peer.stop();
+        }
         scenarios.push(Scenario {
             load,
-            direct,
-            proxy: proxied,
-            transparent,
-            memory,
-            proxy_warnings: proxy.stop(),
+            paths,
+            proxy_warnings: warnings,
         });
     }
     upstream.shutdown().await;
+    plain.shutdown().await;
     scenarios
 }
 
-/// An HTTP/1.1 client for `load`, going `via` the proxy or straight to `upstream`.
-fn client(via: Via, load: Load, upstream: &Upstream, proxy: &ProxyProcess) -> reqwest::Client {
+/// An HTTP/1.1 client for `load`, going `via` a proxy or straight to `upstream`.
+fn client(via: Via, load: Load, upstream: &Upstream, proxies: &Proxies) -> reqwest::Client {
     let idle_per_host = match load {
-        Load::KeepAlive { connections } | Load::InspectedPost { connections, .. } => connections,
+        Load::KeepAlive { connections }
+        | Load::PlainKeepAlive { connections }
+        | Load::InspectedPost { connections, .. } => connections,
         Load::NewConnection { .. } => 0,
         Load::Sse { .. } => 1,
     };
-    let builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .http1_only()
-        .pool_max_idle_per_host(idle_per_host)
-        .timeout(REQUEST_TIMEOUT);
+    let builder = || {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .http1_only()
+            .pool_max_idle_per_host(idle_per_host)
+            .timeout(REQUEST_TIMEOUT)
+    };
+    let through = |url: String, ca: &[u8]| {
+        builder()
+            .proxy(reqwest::Proxy::all(url).expect("proxy URL"))
+            .add_root_certificate(certificate(ca))
+    };
+    let quiet = || proxies.quiet.as_ref().expect("the quiet proxy");
     let builder = match via {
         // Resolve `localhost` up front: the system resolver is not what is measured.
-        Via::Direct => builder
+        Via::Direct => builder()
             .no_proxy()
             .resolve("localhost", upstream.addr())
             .resolve(INSPECTED_HOST, upstream.addr())
             .add_root_certificate(certificate(upstream.ca().cert_pem().as_bytes())),
-        Via::Proxy => builder
-            .proxy(reqwest::Proxy::all(proxy.url()).expect("proxy URL"))
-            .add_root_certificate(certificate(proxy.ca_pem())),
+        Via::Proxy => through(quiet().url(), quiet().ca_pem()),
+        Via::Logged => {
+            let logged = proxies.logged.as_ref().expect("the logging proxy");
+            through(logged.url(), logged.ca_pem())
+        }
+        Via::Hudsucker => {
+            let peer = proxies.peer.as_ref().expect("the peer");
+            through(peer.url(), peer.ca_pem())
+        }
         // No proxy settings at all: the client dials "the upstream", which is the
         // transparent listener.
         Via::Transparent => {
             let listener = std::net::SocketAddr::from((TRANSPARENT_IP, upstream.port()));
-            builder
+            builder()
                 .no_proxy()
                 .resolve("localhost", listener)
                 .resolve(INSPECTED_HOST, listener)
-                .add_root_certificate(certificate(proxy.ca_pem()))
+                .add_root_certificate(certificate(quiet().ca_pem()))
         }
     };
     builder.build().expect("reqwest client")
@@ -322,8 +490,9 @@ fn progress(load: Load, via: Via, round: usize, run: &Run) {
         .map(|e| format!(", {} errors (first: {e})", run.errors))
         .unwrap_or_default();
     eprintln!(
-        "{} {via:?} #{}: {:.0}/s over {:.2} s, µs p50 {} p90 {} p99 {} p99.9 {} max {}, bench {} ticks{cpu}, others {} ticks{error}",
+        "{} {} #{}: {:.0}/s over {:.2} s, µs p50 {} p90 {} p99 {} p99.9 {} max {}, bench {} ticks{cpu}, others {} ticks{error}",
         load.id(),
+        via.id(),
         round + 1,
         run.rate(),
         run.elapsed.as_secs_f64(),

@@ -1,6 +1,6 @@
 //! The proxy under load: an `egress-proxy run` child process with one worker thread,
 //! on its own CPU when [`Pinning`] allows, logging only warnings (plus the line that
-//! says where it listens).
+//! says where it listens) — or, `logged`, its access log too.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,6 +16,8 @@ use crate::host::{self, Pinning};
 
 /// Log filter: warnings, and the start-up line with the listen address.
 const LOG_FILTER: &str = "warn,egress_proxy::cli::run=info";
+/// The same with the access log: one JSON line per request.
+const LOGGED_FILTER: &str = "warn,egress_proxy::cli::run=info,egress_proxy::access=info";
 /// How long start-up (policy compilation included) may take.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long SIGTERM may take before the process is killed.
@@ -35,15 +37,17 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts `bin` with `routes`, `upstream_ca` and `extra` arguments, keeping its
-    /// state in `dir`; returns once it listens.
+    /// state in `dir`, with the access log if `logged`; returns once it listens.
     pub fn start(
         bin: &Path,
         pinning: &Pinning,
         dir: &Path,
         routes: &Path,
         upstream_ca: &Path,
+        logged: bool,
         extra: &[String],
     ) -> Self {
+        let filter = if logged { LOGGED_FILTER } else { LOG_FILTER };
         let state = dir.join("state");
         let mut child = pinning
             .command(bin)
@@ -58,7 +62,7 @@ impl ProxyProcess {
                 "--worker-threads",
                 "1",
             ])
-            .args(["--log", LOG_FILTER, "--log-format", "json"])
+            .args(["--log", filter, "--log-format", "json"])
             .args(["--drain-timeout", "1s"])
             .arg("--routes")
             .arg(routes)
@@ -146,10 +150,16 @@ impl Drop for ProxyProcess {
 
 /// Reads the proxy's log until it ends: sends the listen address, echoes the first
 /// lines above info (and any line that is not JSON) to stderr and counts them all.
+/// Access lines are only skipped: reading them must cost this process little, it
+/// shares its CPU with the load.
 fn drain_log(log: impl BufRead, listen: &mpsc::Sender<SocketAddr>) -> usize {
     let mut others = 0;
     for line in log.lines() {
         let Ok(line) = line else { break };
+        if line.contains(r#""level":"INFO""#) && line.contains(r#""target":"egress_proxy::access""#)
+        {
+            continue;
+        }
         let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if event["message"] == "egress-proxy listening" {
             let addr = event["listen"].as_str().and_then(|a| a.parse().ok());
@@ -164,9 +174,23 @@ fn drain_log(log: impl BufRead, listen: &mpsc::Sender<SocketAddr>) -> usize {
     others
 }
 
-/// Writes the routes document for an upstream on `port` into `dir`.
-pub fn write_routes(dir: &Path, port: u16) -> PathBuf {
+/// Writes the routes document into `dir`: `localhost` on `ports` (the HTTPS and the
+/// plain upstream), the credential injected over both, a path allowlist.
+pub fn write_routes(dir: &Path, ports: &[u16]) -> PathBuf {
     let path = dir.join("routes.yaml");
-    std::fs::write(&path, egress_proxy_tests::proxy::standard_routes(port)).expect("write routes");
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let routes = format!(
+        "routes:
+  - host: localhost
+    ports: [{}]
+    path_allowlist: [/echo/, /sse, /bytes]
+    inject_over_http: true
+    auth:
+      scheme: Bearer
+      token_ref: {TOKEN_NAME}
+",
+        ports.join(", ")
+    );
+    std::fs::write(&path, routes).expect("write routes");
     path
 }

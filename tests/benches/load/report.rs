@@ -1,32 +1,69 @@
-//! The results as markdown: one table of figures (medians over the repeats, proxy and
-//! transparent figures with their ratio to direct, transparent throughput also against
-//! the explicit proxy), one of the targets (explicit mode).
+//! The results as markdown: one table of figures (medians over the repeats; every
+//! proxied path with its ratio to direct, and its CPU per request against the
+//! hudsucker peer's), one of the targets.
 
+use crate::Via;
 use crate::drive::{Load, Run};
 use crate::host::Memory;
 
 /// Keep-alive with many connections: proxy throughput at least this × direct.
 const KEEP_ALIVE_RATIO_TARGET: f64 = 0.8;
-/// A new connection per request: proxy throughput at least this × direct.
-const NEW_CONNECTION_RATIO_TARGET: f64 = 0.9;
-/// Proxy CPU per keep-alive request, µs, at most.
-const CPU_PER_REQUEST_TARGET_US: f64 = 35.0;
-/// Proxy peak RSS, MB (10⁶ bytes), at most.
+/// A new connection per request: proxy throughput at least this × direct (the
+/// upstream connection is pooled).
+const NEW_CONNECTION_RATIO_TARGET: f64 = 1.8;
+/// Keep-alive proxy CPU per request at most this × the peer's, access log on / off.
+const CPU_VS_PEER_LOGGED_TARGET: f64 = 0.9;
+const CPU_VS_PEER_QUIET_TARGET: f64 = 0.75;
+/// SSE: time to the first event at most this (µs), events/s at least this × direct.
+const SSE_FIRST_EVENT_TARGET_US: f64 = 300.0;
+const SSE_RATE_TARGET: f64 = 0.7;
+/// egress-proxy's peak RSS, MB (10⁶ bytes), at most.
 const PEAK_RSS_TARGET_MB: f64 = 20.0;
 
-/// One load, run directly, through the explicit proxy and through its transparent
-/// listener.
+/// One path's runs in a scenario, and (not for direct) its process's memory once it
+/// listened and at the end of the scenario (a fresh process per scenario).
+#[derive(Debug)]
+pub struct PathRuns {
+    pub via: Via,
+    pub runs: Vec<Run>,
+    pub memory: Option<[Memory; 2]>,
+}
+
+impl PathRuns {
+    pub fn new(via: Via) -> Self {
+        Self {
+            via,
+            runs: Vec::new(),
+            memory: None,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        median(&self.runs, Run::rate)
+    }
+
+    fn p50(&self) -> f64 {
+        median(&self.runs, |r| f64::from(r.latency_us(0.5)))
+    }
+
+    /// Proxy CPU per unit over every window, µs.
+    fn cpu_per_unit_us(&self, ticks_per_second: u64) -> f64 {
+        let ticks: u64 = self.runs.iter().filter_map(|run| run.proxy_ticks).sum();
+        let units: u64 = self.runs.iter().map(|run| run.units).sum();
+        ticks as f64 * 1e6 / ticks_per_second as f64 / units.max(1) as f64
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        self.memory.map_or(f64::NAN, |m| megabytes(m[1].peak_kib))
+    }
+}
+
+/// One load over every path.
 #[derive(Debug)]
 pub struct Scenario {
     pub load: Load,
-    pub direct: Vec<Run>,
-    pub proxy: Vec<Run>,
-    /// The same load through the transparent listener (same proxy process).
-    pub transparent: Vec<Run>,
-    /// The proxy's memory once it listened and at the end of the scenario (a fresh
-    /// process per scenario).
-    pub memory: [Memory; 2],
-    /// Warnings and errors the proxy logged.
+    pub paths: Vec<PathRuns>,
+    /// Warnings and errors egress-proxy logged.
     pub proxy_warnings: usize,
 }
 
@@ -34,6 +71,9 @@ impl Scenario {
     fn name(&self) -> String {
         match self.load {
             Load::KeepAlive { connections } => format!("keep-alive, {connections} conn"),
+            Load::PlainKeepAlive { connections } => {
+                format!("plain HTTP keep-alive, {connections} conn")
+            }
             Load::NewConnection { concurrency } => {
                 format!("new connection per request, c={concurrency}")
             }
@@ -52,19 +92,10 @@ impl Scenario {
         }
     }
 
-    fn throughput_ratio(&self) -> f64 {
-        median(&self.proxy, Run::rate) / median(&self.direct, Run::rate)
-    }
-
-    /// Proxy CPU per unit over every window of `runs`, µs.
-    fn cpu_per_unit_us(runs: &[Run], ticks_per_second: u64) -> f64 {
-        let ticks: u64 = runs.iter().filter_map(|run| run.proxy_ticks).sum();
-        let units: u64 = runs.iter().map(|run| run.units).sum();
-        ticks as f64 * 1e6 / ticks_per_second as f64 / units.max(1) as f64
-    }
-
-    fn peak_rss_mb(&self) -> f64 {
-        megabytes(self.memory[1].peak_kib)
+    fn path(&self, via: Via) -> Option<&PathRuns> {
+        self.paths
+            .iter()
+            .find(|p| p.via == via && !p.runs.is_empty())
     }
 }
 
@@ -85,10 +116,11 @@ pub fn print(scenarios: &[Scenario], ticks_per_second: u64, notes: &[String]) {
     println!();
     println!(
         "p50/p99: request latency; for SSE, time to the first event. Medians over the \
-         repeats; CPU figures: totals over all windows. Core busy and other load (every \
-         other process on the machine) are shares of one CPU. Proxy RSS: peak (VmHWM) over \
-         the scenario; in brackets the peak once it listened (policy compiled), and the \
-         RSS at the end."
+         repeats, ratios to direct in brackets; proxy CPU: totals over all windows, in \
+         brackets against the hudsucker peer's. Core busy and other load (every other \
+         process on the machine) are shares of one CPU. Peak RSS: VmHWM over the \
+         scenario; in brackets the peak once it listened (policy compiled), and the RSS \
+         at the end. proxy = egress-proxy, access log off; proxy-log = access log on."
     );
     println!();
     print_targets(scenarios, ticks_per_second);
@@ -100,51 +132,61 @@ pub fn print(scenarios: &[Scenario], ticks_per_second: u64, notes: &[String]) {
 
 fn print_rows(scenario: &Scenario, ticks_per_second: u64) {
     let unit = scenario.unit();
-    let direct_rate = median(&scenario.direct, Run::rate);
-    let direct_p50 = median(&scenario.direct, |r| f64::from(r.latency_us(0.5)));
-    let direct_p99 = median(&scenario.direct, |r| f64::from(r.latency_us(0.99)));
+    let Some(direct) = scenario.path(Via::Direct) else {
+        return;
+    };
+    let direct_rate = direct.rate();
+    let direct_p50 = direct.p50();
+    let direct_p99 = median(&direct.runs, |r| f64::from(r.latency_us(0.99)));
     println!(
         "| {} | direct | {} {unit}/s | {} | {} | – | – | {} | {} | – | {} |",
         scenario.name(),
         thousands(direct_rate),
         micros(direct_p50),
         micros(direct_p99),
-        busy(&scenario.direct, |r| r.bench_ticks, ticks_per_second),
-        busy(&scenario.direct, |r| r.other_ticks, ticks_per_second),
-        errors(&scenario.direct),
+        busy(&direct.runs, |r| r.bench_ticks, ticks_per_second),
+        busy(&direct.runs, |r| r.other_ticks, ticks_per_second),
+        errors(&direct.runs),
     );
-    let explicit_rate = median(&scenario.proxy, Run::rate);
-    for (via, runs) in [
-        ("proxy", &scenario.proxy),
-        ("transparent", &scenario.transparent),
-    ] {
-        if runs.is_empty() {
+    let peer_cpu = scenario
+        .path(Via::Hudsucker)
+        .map(|p| p.cpu_per_unit_us(ticks_per_second));
+    for path in scenario.paths.iter().filter(|p| p.via != Via::Direct) {
+        if path.runs.is_empty() {
             continue;
         }
-        let rate = median(runs, Run::rate);
-        let p50 = median(runs, |r| f64::from(r.latency_us(0.5)));
+        let runs = &path.runs;
+        let rate = path.rate();
+        let p50 = path.p50();
         let p99 = median(runs, |r| f64::from(r.latency_us(0.99)));
-        // The transparent row also gives its throughput against explicit mode.
-        let vs_explicit = if via == "transparent" {
-            format!("; {:.2}× proxy", rate / explicit_rate)
-        } else {
-            String::new()
+        let cpu = path.cpu_per_unit_us(ticks_per_second);
+        let vs_peer = match peer_cpu {
+            Some(peer) if path.via != Via::Hudsucker => format!(" ({:.2}×)", cpu / peer),
+            _ => String::new(),
         };
+        let memory = path.memory.map_or_else(
+            || "–".to_owned(),
+            |m| {
+                format!(
+                    "{:.1} MB ({:.1}; {:.1})",
+                    megabytes(m[1].peak_kib),
+                    megabytes(m[0].peak_kib),
+                    megabytes(m[1].current_kib)
+                )
+            },
+        );
         println!(
-            "| | {via} | {} {unit}/s ({:.2}×{vs_explicit}) | {} ({:.2}×) | {} ({:.2}×) | {:.2} µs/{unit} | {} | {} | {} | {:.1} MB ({:.1}; {:.1}) | {} |",
+            "| | {} | {} {unit}/s ({:.2}×) | {} ({:.2}×) | {} ({:.2}×) | {cpu:.2} µs/{unit}{vs_peer} | {} | {} | {} | {memory} | {} |",
+            path.via.id(),
             thousands(rate),
             rate / direct_rate,
             micros(p50),
             p50 / direct_p50,
             micros(p99),
             p99 / direct_p99,
-            Scenario::cpu_per_unit_us(runs, ticks_per_second),
             busy(runs, |r| r.proxy_ticks.unwrap_or(0), ticks_per_second),
             busy(runs, |r| r.bench_ticks, ticks_per_second),
             busy(runs, |r| r.other_ticks, ticks_per_second),
-            scenario.peak_rss_mb(),
-            megabytes(scenario.memory[0].peak_kib),
-            megabytes(scenario.memory[1].current_kib),
             errors(runs),
         );
     }
@@ -153,52 +195,81 @@ fn print_rows(scenario: &Scenario, ticks_per_second: u64) {
 fn print_targets(scenarios: &[Scenario], ticks_per_second: u64) {
     println!("| target | measured | met |");
     println!("|---|--:|:-:|");
-    let find = |wanted: fn(&Load) -> bool| scenarios.iter().find(|s| wanted(&s.load));
-    let many = |load: &Load| matches!(load, Load::KeepAlive { connections } if *connections > 1);
-    let fresh = |load: &Load| matches!(load, Load::NewConnection { .. });
-    let keep_alive = |load: &Load| matches!(load, Load::KeepAlive { .. });
-    if let Some(s) = find(many) {
-        let ratio = s.throughput_ratio();
-        target(
-            &format!("{}: proxy ≥ {KEEP_ALIVE_RATIO_TARGET}× direct", s.name()),
-            &format!("{ratio:.2}×"),
-            ratio >= KEEP_ALIVE_RATIO_TARGET,
-        );
-    }
-    if let Some(s) = find(fresh) {
-        let ratio = s.throughput_ratio();
-        target(
-            &format!(
-                "{}: proxy ≥ {NEW_CONNECTION_RATIO_TARGET}× direct",
-                s.name()
+    for s in scenarios {
+        let (Some(direct), proxy) = (s.path(Via::Direct), s.path(Via::Proxy)) else {
+            continue;
+        };
+        let peer = s.path(Via::Hudsucker);
+        let keep_alive = matches!(s.load, Load::KeepAlive { .. } | Load::PlainKeepAlive { .. });
+        if keep_alive && let Some(peer) = peer {
+            let peer_cpu = peer.cpu_per_unit_us(ticks_per_second);
+            for (via, limit) in [
+                (Via::Logged, CPU_VS_PEER_LOGGED_TARGET),
+                (Via::Proxy, CPU_VS_PEER_QUIET_TARGET),
+            ] {
+                if let Some(path) = s.path(via) {
+                    let cpu = path.cpu_per_unit_us(ticks_per_second);
+                    let ratio = cpu / peer_cpu;
+                    target(
+                        &format!("{}: {} CPU/req ≤ {limit}× hudsucker's", s.name(), via.id()),
+                        &format!("{ratio:.2}× ({cpu:.1} vs {peer_cpu:.1} µs)"),
+                        ratio <= limit,
+                    );
+                }
+            }
+        }
+        let Some(proxy) = proxy else { continue };
+        let ratio = proxy.rate() / direct.rate();
+        match s.load {
+            Load::KeepAlive { connections: 1 } => {
+                if let Some(peer) = peer {
+                    target(
+                        &format!("{}: proxy p50 ≤ hudsucker's", s.name()),
+                        &format!("{} vs {}", micros(proxy.p50()), micros(peer.p50())),
+                        proxy.p50() <= peer.p50(),
+                    );
+                }
+            }
+            Load::KeepAlive { .. } => target(
+                &format!("{}: proxy ≥ {KEEP_ALIVE_RATIO_TARGET}× direct", s.name()),
+                &format!("{ratio:.2}×"),
+                ratio >= KEEP_ALIVE_RATIO_TARGET,
             ),
-            &format!("{ratio:.2}×"),
-            ratio >= NEW_CONNECTION_RATIO_TARGET,
-        );
-    }
-    for s in scenarios.iter().filter(|s| keep_alive(&s.load)) {
-        let cpu = Scenario::cpu_per_unit_us(&s.proxy, ticks_per_second);
-        // What one fully busy proxy core would serve, against what direct reached.
-        let capacity = 1e6 / cpu;
-        target(
-            &format!(
-                "{}: proxy CPU ≤ {CPU_PER_REQUEST_TARGET_US} µs/req",
-                s.name()
+            Load::NewConnection { .. } => target(
+                &format!(
+                    "{}: proxy ≥ {NEW_CONNECTION_RATIO_TARGET}× direct",
+                    s.name()
+                ),
+                &format!("{ratio:.2}×"),
+                ratio >= NEW_CONNECTION_RATIO_TARGET,
             ),
-            &format!(
-                "{cpu:.1} µs (one core: {} req/s, {:.2}× direct)",
-                thousands(capacity),
-                capacity / median(&s.direct, Run::rate)
-            ),
-            cpu <= CPU_PER_REQUEST_TARGET_US,
-        );
+            Load::Sse { .. } => {
+                target(
+                    &format!(
+                        "{}: proxy first event ≤ {SSE_FIRST_EVENT_TARGET_US} µs",
+                        s.name()
+                    ),
+                    &micros(proxy.p50()),
+                    proxy.p50() <= SSE_FIRST_EVENT_TARGET_US,
+                );
+                target(
+                    &format!("{}: proxy events/s ≥ {SSE_RATE_TARGET}× direct", s.name()),
+                    &format!("{ratio:.2}×"),
+                    ratio >= SSE_RATE_TARGET,
+                );
+            }
+            Load::PlainKeepAlive { .. } | Load::InspectedPost { .. } => {}
+        }
     }
     let peak = scenarios
         .iter()
-        .map(Scenario::peak_rss_mb)
+        .flat_map(|s| &s.paths)
+        .filter(|p| matches!(p.via, Via::Proxy | Via::Logged | Via::Transparent))
+        .map(PathRuns::peak_rss_mb)
+        .filter(|mb| !mb.is_nan())
         .fold(0.0, f64::max);
     target(
-        &format!("proxy peak RSS ≤ {PEAK_RSS_TARGET_MB} MB (any scenario)"),
+        &format!("egress-proxy peak RSS ≤ {PEAK_RSS_TARGET_MB} MB (any scenario)"),
         &format!("{peak:.1} MB"),
         peak <= PEAK_RSS_TARGET_MB,
     );
