@@ -27,8 +27,13 @@ pub fn init(format: LogFormat, filter: &str) {
         // and would take the proxy down. Dropping log lines is the lesser harm.
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if installed.is_ok() {
+        // Access lines are written in the same shape without the generic field
+        // machinery (the per-request cost; see proxy::access).
+        crate::proxy::write_access_lines_directly(format);
+    }
 }

@@ -19,6 +19,7 @@
 //! its own).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +115,27 @@ impl<S> FramingWatch<S> {
                         other => other,
                     };
                 }
+                State::Head(buf) if buf.is_empty() => {
+                    // The usual case: a whole head in one read, parsed where it lies.
+                    match self.parse_head(data) {
+                        Parsed::Complete(len, next) => {
+                            data = &data[len.min(data.len())..];
+                            self.state = next;
+                        }
+                        Parsed::Partial => {
+                            if data.len() > self.max_head {
+                                self.state = State::Off;
+                                return;
+                            }
+                            self.state = State::Head(data.to_vec());
+                            return;
+                        }
+                        Parsed::Invalid => {
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
+                }
                 State::Head(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(data);
@@ -126,43 +148,48 @@ impl<S> FramingWatch<S> {
                         }
                         return;
                     }
-                    let Some((len, next)) = self.parse_head() else {
+                    let State::Head(buf) = &self.state else {
                         return;
                     };
-                    // The head was incomplete before these bytes: it ends inside them.
-                    data = &data[len.saturating_sub(before).min(data.len())..];
-                    self.state = next;
+                    match self.parse_head(buf) {
+                        Parsed::Complete(len, next) => {
+                            // The head was incomplete before these bytes: it ends
+                            // inside them.
+                            data = &data[len.saturating_sub(before).min(data.len())..];
+                            self.state = next;
+                        }
+                        Parsed::Partial => return,
+                        Parsed::Invalid => {
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// The head in the buffer: its length and the state after it, or `None` when it
-    /// is incomplete (the state is left alone) or unparseable (the watch stops).
-    fn parse_head(&mut self) -> Option<(usize, State)> {
-        let State::Head(buf) = &self.state else {
-            return None;
-        };
-        // On the stack for the usual limits: this runs for every request head.
-        let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    /// The request head at the start of `bytes`: its length and the state after it.
+    fn parse_head(&self, bytes: &[u8]) -> Parsed {
+        // On the stack, uninitialised, for the usual limits: this runs for every
+        // request head.
+        let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
         let mut on_heap = Vec::new();
-        let headers: &mut [httparse::Header<'_>] = if self.max_headers <= STACK_HEADERS {
+        let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if self.max_headers <= STACK_HEADERS
+        {
             &mut on_stack[..self.max_headers.max(1)]
         } else {
-            on_heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+            on_heap.resize_with(self.max_headers, MaybeUninit::uninit);
             &mut on_heap
         };
-        let mut request = httparse::Request::new(headers);
-        let len = match request.parse(buf) {
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(bytes, headers) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return None,
-            Err(_) => {
-                self.state = State::Off;
-                return None;
-            }
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Invalid,
         };
         if request.method == Some("CONNECT") {
-            return Some((len, State::Off));
+            return Parsed::Complete(len, State::Off);
         }
         // hyper frames by the first Content-Length (it refuses conflicting ones).
         let mut length: Option<&[u8]> = None;
@@ -173,7 +200,7 @@ impl<S> FramingWatch<S> {
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 last_coding = Some(header.value);
             } else if header.name.eq_ignore_ascii_case("upgrade") {
-                return Some((len, State::Off));
+                return Parsed::Complete(len, State::Off);
             }
         }
         if last_coding.is_some() && length.is_some() {
@@ -189,8 +216,17 @@ impl<S> FramingWatch<S> {
                 Some(None) => State::Off,
             },
         };
-        Some((len, next))
+        Parsed::Complete(len, next)
     }
+}
+
+/// What [`FramingWatch::parse_head`] found.
+enum Parsed {
+    /// A head of this many bytes, and the state after it.
+    Complete(usize, State),
+    Partial,
+    /// Not HTTP/1.1 as hyper reads it (hyper refuses it on its own): the watch stops.
+    Invalid,
 }
 
 fn ends_with_chunked(coding: &[u8]) -> bool {

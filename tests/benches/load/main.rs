@@ -291,7 +291,9 @@ impl Proxies {
 }
 
 async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario> {
+    // HTTP/1.1 upstreams, as the peer speaks (its client has no h2 by default).
     let upstream = Upstream::start(UpstreamOptions {
+        http2: false,
         record_requests: false,
         extra_names: vec![INSPECTED_HOST.to_owned()],
         ..UpstreamOptions::default()

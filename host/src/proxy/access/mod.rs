@@ -12,8 +12,13 @@
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
+mod line;
+
 use std::net::SocketAddr;
 use std::time::Instant;
+
+use line::Value;
+pub(crate) use line::write_directly;
 
 use crate::policy::Scheme;
 
@@ -134,28 +139,61 @@ impl AccessRecord {
         if let Some(metrics) = &self.metrics {
             metrics.request(self.outcome.as_str(), self.status, elapsed);
         }
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: ACCESS_TARGET,
-            start = %humantime::format_rfc3339_micros(self.started_at),
-            client = %self.client,
-            method = %self.method,
-            scheme = self.scheme.as_str(),
-            host = %self.host,
-            port = self.port,
-            path = %self.path,
-            decision = self.outcome.as_str(),
-            rule = self.rule.as_deref().unwrap_or("-"),
-            annotations = %Notes(&self.annotations),
-            deny_kind = self.deny_kind.unwrap_or("-"),
-            status = self.status,
-            bytes,
-            duration_ms = format_args!("{duration_ms:.3}"),
-            generation = self.generation.as_ref().map_or(0, |g| g.0),
-            policy = self.generation.as_ref().map_or("-", |g| g.1.as_str()),
-            original_dst = %OriginalDst(self.original),
-            outcome = if complete { "complete" } else { "aborted" },
-            "access"
+        line::emit(
+            "access",
+            &Line {
+                record: self,
+                bytes,
+                complete,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+            },
+        );
+    }
+}
+
+/// A record's line: its fields in order.
+struct Line<'a> {
+    record: &'a AccessRecord,
+    bytes: u64,
+    complete: bool,
+    duration_ms: f64,
+}
+
+impl line::Fields for Line<'_> {
+    fn each(&self, sink: &mut dyn FnMut(&'static str, Value<'_>)) {
+        let r = self.record;
+        sink(
+            "start",
+            Value::Shown(&humantime::format_rfc3339_micros(r.started_at)),
+        );
+        sink("client", Value::Shown(&r.client));
+        sink("method", Value::Str(&r.method));
+        sink("scheme", Value::Str(r.scheme.as_str()));
+        sink("host", Value::Str(&r.host));
+        sink("port", Value::Num(u64::from(r.port)));
+        sink("path", Value::Str(&r.path));
+        sink("decision", Value::Str(r.outcome.as_str()));
+        sink("rule", Value::Str(r.rule.as_deref().unwrap_or("-")));
+        sink("annotations", Value::Shown(&Notes(&r.annotations)));
+        sink("deny_kind", Value::Str(r.deny_kind.unwrap_or("-")));
+        sink("status", Value::Num(u64::from(r.status)));
+        sink("bytes", Value::Num(self.bytes));
+        sink(
+            "duration_ms",
+            Value::Shown(&format_args!("{:.3}", self.duration_ms)),
+        );
+        sink(
+            "generation",
+            Value::Num(r.generation.as_ref().map_or(0, |g| g.0)),
+        );
+        sink(
+            "policy",
+            Value::Str(r.generation.as_ref().map_or("-", |g| g.1.as_str())),
+        );
+        sink("original_dst", Value::Shown(&OriginalDst(r.original)));
+        sink(
+            "outcome",
+            Value::Str(if self.complete { "complete" } else { "aborted" }),
         );
     }
 }
