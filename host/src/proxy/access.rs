@@ -8,7 +8,8 @@
 //! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
 //! `policy` (the module's sha256 prefix), `original_dst` (the address a connection
 //! redirected to the transparent listener was dialled to, `-` otherwise), `annotations` (the policy's notes on its verdict
-//! as a JSON object, `-` for none), and `outcome`
+//! as a JSON object, `-` for none), `body_sha256` (hex SHA-256 of the decoded body
+//! bytes the policy read in its body phase, `-` when it read none), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
@@ -95,6 +96,8 @@ pub struct AccessRecord {
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// The original destination of a redirected (transparent) connection.
     pub(crate) original: Option<SocketAddr>,
+    /// Digest of the body the policy read (`policy replay` tells such lines apart).
+    pub(crate) body_sha256: Option<String>,
 }
 
 impl AccessRecord {
@@ -125,6 +128,7 @@ impl AccessRecord {
             generation: None,
             metrics: None,
             original: None,
+            body_sha256: None,
         }
     }
 
@@ -154,6 +158,7 @@ impl AccessRecord {
             generation = self.generation.as_ref().map_or(0, |g| g.0),
             policy = self.generation.as_ref().map_or("-", |g| g.1.as_str()),
             original_dst = %OriginalDst(self.original),
+            body_sha256 = self.body_sha256.as_deref().unwrap_or("-"),
             outcome = if complete { "complete" } else { "aborted" },
             "access"
         );

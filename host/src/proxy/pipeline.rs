@@ -143,6 +143,7 @@ pub(crate) async fn forward(
             match super::hold::decide(proxy, &generation, &request, need, body, upgrade).await {
                 Ok(decided) => {
                     parts.headers.remove(http::header::EXPECT);
+                    record.body_sha256 = Some(decided.body_sha256);
                     (decided.decision, decided.body, decided.dialect)
                 }
                 Err(refusal) => return refuse(record, &Refusal::Body(refusal)),
