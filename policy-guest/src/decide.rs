@@ -18,6 +18,10 @@
 //!    none left → 429 with `retry-after`.
 //! 9. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
 //!    otherwise inject `authorization: <scheme> <secret>`.
+//!
+//! A route with `report: true` turns any denial of steps 2–8 into
+//! [`Verdict::Report`]: forwarded, no credentials injected, reported by the host as
+//! `would_deny`.
 
 use crate::host::normalize_request_host;
 use crate::path::{self, NormalPath, PathError};

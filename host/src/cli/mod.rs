@@ -7,10 +7,12 @@ mod forced;
 mod policy;
 mod replay;
 mod run;
+mod safe;
 
 pub use ca::CaCommand;
 pub use forced::{Bound, ForcedArgs};
 pub use run::{DEFAULT_LISTEN, RunArgs};
+pub use safe::SafeArgs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

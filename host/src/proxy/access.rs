@@ -9,7 +9,10 @@
 //! `policy` (the module's sha256 prefix), `original_dst` (the address a connection
 //! redirected to the transparent listener was dialled to, `-` otherwise), `annotations` (the policy's notes on its verdict
 //! as a JSON object, `-` for none), `body_sha256` (hex SHA-256 of the decoded body
-//! bytes the policy read in its body phase, `-` when it read none), and `outcome`
+//! bytes the policy read in its body phase, `-` when it read none), `reason` (for
+//! `would_deny`: the status and reason of the denial not made, `-` otherwise),
+//! `shadow`, `shadow_decision`, `shadow_rule` (the shadow policy's answer, see
+//! [`super::shadow`]; `-` without one), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
@@ -32,6 +35,8 @@ pub enum Outcome {
     Deny,
     /// Refused or failed by the proxy itself (bad request, upstream failure).
     Error,
+    /// Denied by the policy but forwarded in report mode ([`super::report`]).
+    WouldDeny,
 }
 
 impl Outcome {
@@ -42,6 +47,7 @@ impl Outcome {
             Outcome::Inject => "inject",
             Outcome::Deny => "deny",
             Outcome::Error => "error",
+            Outcome::WouldDeny => "would_deny",
         }
     }
 }
@@ -98,6 +104,10 @@ pub struct AccessRecord {
     pub(crate) original: Option<SocketAddr>,
     /// Digest of the body the policy read (`policy replay` tells such lines apart).
     pub(crate) body_sha256: Option<String>,
+    /// For a `would_deny` line: the status and reason of the denial not made.
+    pub(crate) reason: Option<String>,
+    /// Where the shadow policy's answer lands (`None` without a shadow).
+    pub(crate) shadow: Option<super::shadow::Slot>,
 }
 
 impl AccessRecord {
@@ -129,6 +139,8 @@ impl AccessRecord {
             metrics: None,
             original: None,
             body_sha256: None,
+            reason: None,
+            shadow: None,
         }
     }
 
@@ -139,6 +151,7 @@ impl AccessRecord {
             metrics.request(self.outcome.as_str(), self.status, elapsed);
         }
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let (shadow, shadow_decision, shadow_rule) = super::shadow::fields(self.shadow.as_ref());
         tracing::info!(
             target: ACCESS_TARGET,
             start = %humantime::format_rfc3339_micros(self.started_at),
@@ -159,6 +172,10 @@ impl AccessRecord {
             policy = self.generation.as_ref().map_or("-", |g| g.1.as_str()),
             original_dst = %OriginalDst(self.original),
             body_sha256 = self.body_sha256.as_deref().unwrap_or("-"),
+            reason = self.reason.as_deref().unwrap_or("-"),
+            shadow,
+            shadow_decision,
+            shadow_rule,
             outcome = if complete { "complete" } else { "aborted" },
             "access"
         );
