@@ -1,6 +1,8 @@
 //! `report: true` on a route: what it would deny is reported, not denied; other
 //! routes enforce.
 
+#![allow(clippy::unwrap_used, reason = "tests")]
+
 use policy_guest::{Request, Routes, Scheme, Verdict};
 
 fn get(host: &str, path: &str) -> Request {

@@ -4,6 +4,8 @@
 //! the connection limit still refuse; a per-route `report: true` trials one route
 //! while the rest enforce.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
 use std::time::Duration;
 
 use egress_proxy_tests::process::RunningProxy;
@@ -53,12 +55,7 @@ fn access(proxy: &mut RunningProxy) -> Vec<Value> {
         .collect()
 }
 
-fn start(
-    upstream: &Upstream,
-    dir: &std::path::Path,
-    routes_text: &str,
-    extra: &[&str],
-) -> RunningProxy {
+fn start(dir: &std::path::Path, routes_text: &str, extra: &[&str]) -> RunningProxy {
     let routes = dir.join("routes.yaml");
     std::fs::write(&routes, routes_text).unwrap();
     RunningProxy::start(
@@ -83,7 +80,7 @@ async fn report_mode_forwards_what_enforce_denies_and_still_refuses_the_unsafe()
 
     // Enforce mode: both are denied, the allowed one injected.
     let dir = tempfile::tempdir().unwrap();
-    let mut enforce = start(&upstream, dir.path(), &routes(port, false), &[]);
+    let mut enforce = start(dir.path(), &routes(port, false), &[]);
     assert_eq!(status(&raw(&enforce, &get(&unrouted)).await), 403);
     assert_eq!(status(&raw(&enforce, &get(&off_path)).await), 403);
     assert_eq!(status(&raw(&enforce, &get(&allowed)).await), 200);
@@ -94,7 +91,6 @@ async fn report_mode_forwards_what_enforce_denies_and_still_refuses_the_unsafe()
     // Report mode: the same requests are forwarded.
     let dir = tempfile::tempdir().unwrap();
     let mut report = start(
-        &upstream,
         dir.path(),
         &routes(port, false),
         &["--enforcement", "report", "--max-connections", "2"],
@@ -217,7 +213,7 @@ async fn a_report_route_is_trialled_while_the_rest_enforce() {
     .await;
     let port = upstream.port();
     let dir = tempfile::tempdir().unwrap();
-    let mut proxy = start(&upstream, dir.path(), &routes(port, true), &[]);
+    let mut proxy = start(dir.path(), &routes(port, true), &[]);
     let off_path = raw(&proxy, &get(&format!("http://localhost:{port}/echo/no"))).await;
     assert_eq!(status(&off_path), 200, "{off_path}");
     assert_eq!(

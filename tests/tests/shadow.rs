@@ -3,6 +3,8 @@
 //! like the live policy; a shadow that traps or loops is counted and harmless, and
 //! when its calls are all busy requests are dropped from shadowing, not delayed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
