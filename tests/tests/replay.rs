@@ -203,3 +203,70 @@ async fn written_cases_pass_against_the_policy_that_produced_the_log() {
         text(&test)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_whose_body_the_policy_read_is_not_exact_and_carries_its_digest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start(UpstreamOptions {
+        tls: false,
+        ..UpstreamOptions::default()
+    })
+    .await;
+    let port = upstream.port();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    // Without content-length, the route's size limit needs the body itself.
+    std::fs::write(
+        &routes,
+        format!("routes:\n  - host: localhost\n    ports: [{port}]\n    max_body_bytes: 100\n"),
+    )
+    .unwrap();
+    let mut proxy = RunningProxy::start(&routes, &dir.path().join("state"), &[], &[]);
+    let mut stream = tokio::net::TcpStream::connect(&proxy.listen).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST http://localhost:{port}/echo/up HTTP/1.1\r\nHost: localhost:{port}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(proxy.stop());
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, proxy.log_text()).unwrap();
+    // sha256("hello")
+    let digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!(r#""body_sha256":"{digest}""#)),
+        "{logged}"
+    );
+
+    let cases = dir.path().join("cases.json");
+    let out = cli(&[
+        "policy",
+        "replay",
+        "--routes",
+        routes.to_str().unwrap(),
+        "--write-cases",
+        cases.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    let out = text(&out);
+    assert!(
+        out.contains(&format!(
+            "POST http://localhost:{port}/echo/up: the policy reads the body, which the log does not hold (sha256 {digest}); recorded allow (rule localhost)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("0 same, 0 different, 1 not exact"), "{out}");
+    assert!(out.contains("wrote 0 cases"), "{out}");
+}

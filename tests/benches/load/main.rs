@@ -19,7 +19,8 @@
 //!   every request is held, inspected and then forwarded.
 //!
 //! Settings (environment): `LOAD_SECONDS`, `LOAD_WARMUP_SECONDS`, `LOAD_REPEATS`,
-//! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated). Every window also
+//! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated), `LOAD_SHADOW=1` (then
+//! also the shadow policy's overhead, see `shadow`; `only`: just that). Every window also
 //! records the CPU other processes used: figures taken while that is high are noise.
 //!
 //! Modules: `host` (pinning, `/proc`), `proxy` (the child process), `drive` (load
@@ -31,6 +32,7 @@ mod drive;
 mod host;
 mod proxy;
 mod report;
+mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -147,23 +149,51 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let scenarios = runtime.block_on(run(&settings, &pinning, &bin));
+    if !shadow::only() {
+        let scenarios = runtime.block_on(run(&settings, &pinning, &bin));
 
-    let window = settings.window;
-    let notes = [
-        pinning.describe(),
-        format!(
-            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, direct, proxy and transparent in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 over TLS; CLK_TCK {ticks_per_second}",
-            settings.repeats,
-            window.measure.as_secs_f64(),
-            window.warmup.as_secs_f64()
-        ),
-        format!(
-            "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}; proxy binary {}",
-            bin.display()
-        ),
-    ];
-    report::print(&scenarios, ticks_per_second, &notes);
+        let window = settings.window;
+        let notes = [
+            pinning.describe(),
+            format!(
+                "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, direct, proxy and transparent in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 over TLS; CLK_TCK {ticks_per_second}",
+                settings.repeats,
+                window.measure.as_secs_f64(),
+                window.warmup.as_secs_f64()
+            ),
+            format!(
+                "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}; proxy binary {}",
+                bin.display()
+            ),
+        ];
+        report::print(&scenarios, ticks_per_second, &notes);
+    }
+    if shadow::wanted() {
+        let rows = runtime.block_on(async {
+            let upstream = Upstream::start(UpstreamOptions {
+                record_requests: false,
+                extra_names: vec![INSPECTED_HOST.to_owned()],
+                ..UpstreamOptions::default()
+            })
+            .await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let upstream_ca = upstream.ca().write_pem(dir.path());
+            let routes = proxy::write_routes(dir.path(), upstream.port());
+            let rows = shadow::compare(
+                &settings,
+                &pinning,
+                &bin,
+                &upstream,
+                dir.path(),
+                &routes,
+                &upstream_ca,
+            )
+            .await;
+            upstream.shutdown().await;
+            rows
+        });
+        shadow::print(&rows, ticks_per_second);
+    }
 }
 
 /// The release `egress-proxy` next to this benchmark's `deps` directory.
