@@ -86,10 +86,9 @@ pub(super) fn serve_shadow(
         generations,
     } = start;
     let generation = generations.borrow().clone();
-    proxy.set_shadow(Arc::new(Shadow::new(
-        generations,
-        reloader.status().clone(),
-    )));
+    let shadow = Shadow::new(generations, reloader.status().clone())
+        .context("cannot start the shadow policy's threads")?;
+    proxy.set_shadow(Arc::new(shadow));
     tracing::info!(
         policy = %generation.module().origin(),
         policy_sha256 = %generation.module().sha256(),

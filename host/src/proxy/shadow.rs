@@ -2,10 +2,11 @@
 //! decision, whose verdict never changes what happens to the request.
 //!
 //! [`ask`] is called on the request path with the live decision. It clones the request
-//! and hands it to a blocking thread (the live path never waits for it, and a slow or
-//! looping shadow never holds an async worker): at most [`SHADOW_CONCURRENCY`] shadow
-//! calls run at once; a request that finds them all busy is not shadowed, only counted
-//! (`dropped`). Each call is bounded by the shadow runtime's own epoch deadline
+//! and queues it for the shadow's own [`SHADOW_WORKERS`] threads (the live path never
+//! waits for it, and a slow or looping shadow never holds an async worker; under load
+//! a worker drains the queue without a wake-up per request): at most
+//! [`SHADOW_CONCURRENCY`] shadow calls are queued or running at once; a request that
+//! finds them all taken is not shadowed, only counted (`dropped`). Each call is bounded by the shadow runtime's own epoch deadline
 //! (`--policy-timeout`), and a trap or timeout is counted (`faults`), never acted on.
 //! The shadow has its own runtime — its own instances and its own rate-limit state — so
 //! nothing it does can spend the live policy's budgets.
@@ -23,26 +24,51 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::access::ACCESS_TARGET;
 use crate::policy::{Decision, DenyKind, Generation, Head, PolicyBody, Request, Verdict};
 use crate::reload::ReloadStatus;
 
-/// Shadow calls running at once, at most; more are dropped and counted.
+/// Shadow calls queued or running at once, at most; more are dropped and counted.
 pub const SHADOW_CONCURRENCY: usize = 8;
+/// Threads that run shadow calls.
+pub const SHADOW_WORKERS: usize = 2;
+
+/// One request for the shadow to decide.
+struct Job {
+    generation: Arc<Generation>,
+    request: Request,
+    body: Option<PolicyBody>,
+    live: &'static str,
+    live_rule: Option<String>,
+    slot: Slot,
+    /// Held until the call is done: the bound on calls queued or running.
+    _permit: OwnedSemaphorePermit,
+}
 
 /// The shadow generation and what it has done.
 #[derive(Debug)]
 pub struct Shadow {
     generation: watch::Receiver<Arc<Generation>>,
     permits: Arc<Semaphore>,
+    /// The workers' queue; they end when it is dropped with the shadow.
+    jobs: SyncSender<Job>,
     /// The shadow reloader's status (identity, reload counts), for `/policy`.
     pub reload: Arc<ReloadStatus>,
     /// Counters, for `/policy` and `/metrics`.
-    pub stats: ShadowStats,
+    pub stats: Arc<ShadowStats>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Disagreement counts by (live, shadow) verdict kind.
@@ -94,13 +120,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shadow {
     /// A shadow deciding with the generations published on `generation`.
-    pub fn new(generation: watch::Receiver<Arc<Generation>>, reload: Arc<ReloadStatus>) -> Self {
-        Self {
+    /// Starts its [`SHADOW_WORKERS`] threads.
+    pub fn new(
+        generation: watch::Receiver<Arc<Generation>>,
+        reload: Arc<ReloadStatus>,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel(SHADOW_CONCURRENCY);
+        let queue = Arc::new(Mutex::new(queue));
+        let stats = Arc::new(ShadowStats::default());
+        for _ in 0..SHADOW_WORKERS {
+            let queue = queue.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("shadow-policy".into())
+                .spawn(move || work(&queue, &stats))?;
+        }
+        Ok(Self {
             generation,
             permits: Arc::new(Semaphore::new(SHADOW_CONCURRENCY)),
+            jobs,
             reload,
-            stats: ShadowStats::default(),
-        }
+            stats,
+        })
+    }
+}
+
+/// A worker: decide queued jobs until the queue is dropped.
+fn work(queue: &Mutex<Receiver<Job>>, stats: &ShadowStats) {
+    loop {
+        // The lock is held only while waiting for the next job.
+        let job = match lock(queue).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        run(job, stats);
     }
 }
 
@@ -168,37 +221,57 @@ pub(crate) fn ask(
         Decision::Allow { rule, .. } | Decision::Inject { rule, .. } => rule.clone(),
         Decision::Deny(denial) => denial.rule.clone(),
     };
-    let generation = shadow.generation.borrow().clone();
-    let request = request.clone();
-    let answer_slot = slot.clone();
-    let shadow = shadow.clone();
-    // Bounded by the shadow runtime's epoch deadline; dropped with the runtime at exit.
-    tokio::task::spawn_blocking(move || {
-        let answer = decide(&shadow, &generation, &request, body.as_ref(), live);
-        let late = answer_slot.set(answer.clone()).is_ok() && Arc::strong_count(&answer_slot) == 1;
-        drop(permit);
-        if late && let Answer::Disagree(kind, rule) = &answer {
-            tracing::info!(
-                target: ACCESS_TARGET,
-                method = %request.method,
-                scheme = request.scheme.as_str(),
-                host = %request.host,
-                port = request.port,
-                path = %request.path,
-                decision = live,
-                rule = live_rule.as_deref().unwrap_or("-"),
-                shadow = "disagree",
-                shadow_decision = *kind,
-                shadow_rule = rule.as_deref().unwrap_or("-"),
-                "shadow"
-            );
-        }
-    });
+    let job = Job {
+        generation: shadow.generation.borrow().clone(),
+        request: request.clone(),
+        body,
+        live,
+        live_rule,
+        slot: slot.clone(),
+        _permit: permit,
+    };
+    // Never full: the permits bound what is queued.
+    if shadow.jobs.try_send(job).is_err() {
+        shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = slot.set(Answer::Dropped);
+    }
     Some(slot)
 }
 
+/// Decide one job; record the answer where the access line reads it, or — if the line
+/// was already written — in a line of its own.
+fn run(job: Job, stats: &ShadowStats) {
+    let Job {
+        generation,
+        request,
+        body,
+        live,
+        live_rule,
+        slot,
+        _permit,
+    } = job;
+    let answer = decide(stats, &generation, &request, body.as_ref(), live);
+    let late = slot.set(answer.clone()).is_ok() && Arc::strong_count(&slot) == 1;
+    if late && let Answer::Disagree(kind, rule) = &answer {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method = %request.method,
+            scheme = request.scheme.as_str(),
+            host = %request.host,
+            port = request.port,
+            path = %request.path,
+            decision = live,
+            rule = live_rule.as_deref().unwrap_or("-"),
+            shadow = "disagree",
+            shadow_decision = *kind,
+            shadow_rule = rule.as_deref().unwrap_or("-"),
+            "shadow"
+        );
+    }
+}
+
 fn decide(
-    shadow: &Shadow,
+    stats: &ShadowStats,
     generation: &Generation,
     request: &Request,
     body: Option<&PolicyBody>,
@@ -208,15 +281,15 @@ fn decide(
         (Head::Decided(verdict), _) => verdict,
         (Head::NeedBody(_), Some(body)) => generation.evaluate_body(request, body),
         (Head::NeedBody(_), None) => {
-            shadow.stats.incomplete.fetch_add(1, Ordering::Relaxed);
+            stats.incomplete.fetch_add(1, Ordering::Relaxed);
             return Answer::NoBody;
         }
     };
-    shadow.stats.decided.fetch_add(1, Ordering::Relaxed);
+    stats.decided.fetch_add(1, Ordering::Relaxed);
     if let Verdict::Deny(denial) = &verdict
         && denial.kind == DenyKind::PolicyFault
     {
-        shadow.stats.faults.fetch_add(1, Ordering::Relaxed);
+        stats.faults.fetch_add(1, Ordering::Relaxed);
         return Answer::Fault;
     }
     let kind = verdict.kind();
@@ -224,7 +297,7 @@ fn decide(
     if kind == live {
         Answer::Agree(kind, rule)
     } else {
-        shadow.stats.disagreed(generation.number(), live, kind);
+        stats.disagreed(generation.number(), live, kind);
         Answer::Disagree(kind, rule)
     }
 }
