@@ -92,6 +92,19 @@ fn check(routes: &Routes, request: &Request) {
             );
             assert!(!reason.is_empty(), "deny without a reason: {request:?}");
         }
+        Verdict::Report {
+            status,
+            reason,
+            rule,
+        } => {
+            // Only a `report: true` route reports, naming itself.
+            assert!(rule.is_some(), "report without a rule: {request:?}");
+            assert!(
+                (400..600).contains(status),
+                "report status {status}: {request:?}"
+            );
+            assert!(!reason.is_empty(), "report without a reason: {request:?}");
+        }
         Verdict::NeedBody { max_bytes, .. } => {
             // Only a `max_body_bytes` route asks, for one byte more than its limit.
             assert!(*max_bytes > 0, "need-body for nothing: {request:?}");

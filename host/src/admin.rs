@@ -6,7 +6,8 @@
 //!   accepting; 503 otherwise (before start, and while draining at shutdown).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::metrics`].
 //! - `GET /policy`: JSON: module and routes sha256, generation number, load time,
-//!   declared secret names, reload counts and the last reload error.
+//!   declared secret names, reload counts and the last reload error, the enforcement
+//!   mode, and the shadow generation (if any) with its disagreements since it loaded.
 //!
 //! Anything else is 404; methods other than GET/HEAD are 405.
 
@@ -123,6 +124,8 @@ impl Admin {
                 "failed": self.reload.failed.load(Ordering::Relaxed),
             },
             "last_reload_error": self.reload.last_error(),
+            "enforcement": self.proxy.enforcement().as_str(),
+            "shadow": self.proxy.shadow().map(|shadow| shadow_json(shadow)),
         });
         let mut response = Response::new(ProxyBody::full(format!("{body}\n")));
         response
@@ -133,6 +136,39 @@ impl Admin {
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+}
+
+/// The shadow generation in `/policy`: its identity, reloads and what it found.
+fn shadow_json(shadow: &crate::proxy::Shadow) -> serde_json::Value {
+    let loaded = shadow.reload.current();
+    let (generation, since) = shadow.stats.since_loaded();
+    let current = shadow.reload.generation.load(Ordering::Relaxed);
+    let since: Vec<serde_json::Value> = if generation == current {
+        since
+            .into_iter()
+            .map(
+                |((live, shadow), count)| json!({ "live": live, "shadow": shadow, "count": count }),
+            )
+            .collect()
+    } else {
+        Vec::new()
+    };
+    json!({
+        "module_sha256": loaded.module_sha256,
+        "routes_sha256": loaded.routes_sha256,
+        "generation": current,
+        "loaded_at": loaded.loaded_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "reloads": {
+            "succeeded": shadow.reload.succeeded.load(Ordering::Relaxed),
+            "failed": shadow.reload.failed.load(Ordering::Relaxed),
+        },
+        "last_reload_error": shadow.reload.last_error(),
+        "disagreements_since_loaded": since,
+        "decided": shadow.stats.decided.load(Ordering::Relaxed),
+        "dropped": shadow.stats.dropped.load(Ordering::Relaxed),
+        "faults": shadow.stats.faults.load(Ordering::Relaxed),
+        "incomplete": shadow.stats.incomplete.load(Ordering::Relaxed),
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -265,6 +265,12 @@ pub fn evaluate(generation: &Generation, request: &Request, body: &[u8], max_bod
 impl Case {
     /// Run the case: `Ok(())` if the verdict matches, else what differs.
     pub fn run(&self, generation: &Generation, max_body: u64) -> Result<(), String> {
+        self.expect.compare(&self.verdict(generation, max_body))
+    }
+
+    /// The request the case sends, with its framing headers; `Err` for a URL the
+    /// proxy refuses before the policy is asked.
+    pub fn request(&self) -> Result<Request, TargetError> {
         let mut headers: Vec<(String, String)> = self
             .headers
             .iter()
@@ -282,7 +288,12 @@ impl Case {
             headers.push(("content-length".to_owned(), self.sent.len().to_string()));
         }
         let client = self.client.unwrap_or(LOCAL_CLIENT);
-        let verdict = match request_for(&self.method, &self.url, headers, client) {
+        request_for(&self.method, &self.url, headers, client)
+    }
+
+    /// The verdict the case gets, as the proxy would decide it.
+    pub fn verdict(&self, generation: &Generation, max_body: u64) -> Verdict {
+        match self.request() {
             Ok(request) => evaluate(generation, &request, &self.sent, max_body),
             // What the agent gets for a URL the proxy refuses before the policy is
             // asked (an ambiguous path, a host that is not a host): a 400.
@@ -292,8 +303,7 @@ impl Case {
                 format!("refused before the policy: {refused}"),
                 None,
             )),
-        };
-        self.expect.compare(&verdict)
+        }
     }
 
     /// The bytes this case sends: its body, encoded with `content_encoding`.

@@ -4,7 +4,9 @@
 //! Module map:
 //! - [`admin`]: the read-only admin listener (`/healthz`, `/readyz`, `/policy`).
 //! - [`cli`]: the command line (clap types; `run`, `policy`, `ca`); `main.rs`
-//!   only parses and calls in here.
+//!   only parses and calls in here. `policy test --coverage` and `policy replay` live
+//!   in its `coverage` and `replay` modules; `run`'s report-mode and shadow flags in
+//!   `safe`.
 //! - [`dns`]: the DNS listener (hickory-server): A/AAAA only for names the policy
 //!   routes, NXDOMAIN (never forwarded) for the rest.
 //! - [`guard`]: the upstream address guard (no private, loopback, link-local/metadata
@@ -18,7 +20,8 @@
 //!   + a pool of configured instances) and the verdicts they return.
 //! - [`proxy`]: the data plane: the forward proxy (CONNECT + TLS interception, plain
 //!   HTTP), the one request pipeline that asks the policy and denies, injects or
-//!   forwards, the pooled upstream clients, deny/error responses and the access log.
+//!   forwards, the pooled upstream clients, deny/error responses and the access log;
+//!   report mode and the shadow policy.
 //! - [`reload`]: hot reload: watch the routes file and module (their directories),
 //!   SIGHUP and a periodic hash check; build a whole new generation off the request
 //!   path and publish it atomically; a failed reload keeps the old one.

@@ -193,8 +193,63 @@ impl Collector for Status {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        if let Some(shadow) = self.proxy.shadow() {
+            encode_shadow(&mut encoder, &shadow.stats)?;
+        }
         Ok(())
     }
+}
+
+/// Labels of `egress_proxy_shadow_disagreements_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    live: &'static str,
+    shadow: &'static str,
+}
+
+/// The shadow policy's counters (present only when one is loaded).
+fn encode_shadow(
+    encoder: &mut DescriptorEncoder,
+    stats: &crate::proxy::ShadowStats,
+) -> Result<(), std::fmt::Error> {
+    let counters = [
+        (
+            "egress_proxy_shadow_decisions",
+            "requests the shadow policy decided",
+            &stats.decided,
+        ),
+        (
+            "egress_proxy_shadow_dropped",
+            "requests not shadowed because every shadow call slot was busy",
+            &stats.dropped,
+        ),
+        (
+            "egress_proxy_shadow_faults",
+            "shadow policy calls that trapped or timed out (never acted on)",
+            &stats.faults,
+        ),
+        (
+            "egress_proxy_shadow_incomplete",
+            "requests whose body the shadow asked for but the live policy had not held",
+            &stats.incomplete,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    let disagreements = stats.disagreements();
+    let mut family = encoder.encode_descriptor(
+        "egress_proxy_shadow_disagreements",
+        "requests the shadow policy decided differently from the live one, by verdict kind",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for ((live, shadow), count) in disagreements {
+        let labels = ShadowLabels { live, shadow };
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The registry the admin listener's `/metrics` encodes.
@@ -204,10 +259,17 @@ pub fn registry(
     reload: Arc<ReloadStatus>,
     proxy: Arc<Proxy>,
 ) -> Registry {
-    let mut registry = Registry::default();
+    // Report mode is loud: every metric carries `enforcement="report"`.
+    let mut registry = match proxy.enforcement() {
+        crate::proxy::Enforcement::Enforce => Registry::default(),
+        crate::proxy::Enforcement::Report => Registry::with_labels(std::iter::once((
+            std::borrow::Cow::Borrowed("enforcement"),
+            std::borrow::Cow::Borrowed("report"),
+        ))),
+    };
     registry.register(
         "egress_proxy_requests",
-        "requests answered, by decision (allow, inject, deny, error) and status",
+        "requests answered, by decision (allow, inject, deny, would_deny, error) and status",
         metrics.requests.clone(),
     );
     registry.register(

@@ -182,6 +182,23 @@ fn to_wit(verdict: Verdict) -> wit::Verdict {
                 .collect(),
             annotations: Vec::new(),
         }),
+        Verdict::Report {
+            status,
+            reason,
+            rule,
+        } => wit::Verdict::Allow(wit::Allowance {
+            rule,
+            annotations: vec![
+                wit::Annotation {
+                    key: crate::verdict::REPORT_ANNOTATION.to_owned(),
+                    value: reason,
+                },
+                wit::Annotation {
+                    key: crate::verdict::REPORT_STATUS_ANNOTATION.to_owned(),
+                    value: status.to_string(),
+                },
+            ],
+        }),
         Verdict::NeedBody { max_bytes, prefix } => {
             wit::Verdict::NeedBody(wit::BodyNeed { max_bytes, prefix })
         }

@@ -57,6 +57,7 @@ const ROUTE_KEYS: &[&str] = &[
     "mcp",
     "graphql",
     "git",
+    "report",
 ];
 const AUTH_KEYS: &[&str] = &["scheme", "token_ref"];
 
@@ -119,6 +120,7 @@ fn parse_route(at: &str, value: &Value) -> Result<Route, ConfigError> {
             route.get("inject_over_http"),
         )?
         .unwrap_or(false),
+        report: parse_bool(&format!("{at}.report"), route.get("report"))?.unwrap_or(false),
         methods: parse_methods(&format!("{at}.methods"), route.get("methods"))?,
         max_body_bytes: parse_size(&format!("{at}.max_body_bytes"), route.get("max_body_bytes"))?,
         graphql: route

@@ -18,6 +18,10 @@
 //!    none left → 429 with `retry-after`.
 //! 9. No `auth` → allow. With `auth`: plain http without `inject_over_http` → 403;
 //!    otherwise inject `authorization: <scheme> <secret>`.
+//!
+//! A route with `report: true` turns any denial of steps 2–8 into
+//! [`Verdict::Report`]: forwarded, no credentials injected, reported by the host as
+//! `would_deny`.
 
 use crate::host::normalize_request_host;
 use crate::path::{self, NormalPath, PathError};
@@ -85,44 +89,70 @@ impl Routes {
                 None,
             );
         };
-        let rule = Some(route.rule.as_str());
-        let connect = request.is_connect();
-        if !route.allows_port(request.port, request.scheme, connect) {
-            return Verdict::deny(
-                FORBIDDEN,
-                format!(
-                    "port {} is not allowed for `{}` (allowed: {})",
-                    request.port,
-                    quote(&host),
-                    route.describe_ports(request.scheme, connect)
-                ),
+        let verdict = decide_route(route, &host, request, headers, body, state);
+        match verdict {
+            Verdict::Deny {
+                status,
+                reason,
                 rule,
-            );
+                ..
+            } if route.report => Verdict::Report {
+                status,
+                reason,
+                rule,
+            },
+            verdict => verdict,
         }
-        if connect {
-            return allow(route);
-        }
-        if let Some(denial) = check_method(route, &request.method) {
-            return denial;
-        }
-        if let Some(verdict) = check_body_size(route, headers, body) {
-            return verdict;
-        }
-        if let Some(denial) = check_path(route, &request.path) {
-            return denial;
-        }
-        if let Some(verdict) = check_protocols(route, request, headers, body) {
-            return verdict;
-        }
-        if let Some(denial) = route
-            .rate_limit
-            .as_ref()
-            .and_then(|limit| limit.check(&route.rule, request, state))
-        {
-            return denial;
-        }
-        credentials(route, request, &host)
     }
+}
+
+/// Steps 2–9 for the request's route. (With `report: true`, [`Routes::decide_head`]
+/// turns the denial into [`Verdict::Report`].)
+fn decide_route(
+    route: &Route,
+    host: &str,
+    request: &Request,
+    headers: &impl Headers,
+    body: Option<&dyn Body>,
+    state: &dyn State,
+) -> Verdict {
+    let rule = Some(route.rule.as_str());
+    let connect = request.is_connect();
+    if !route.allows_port(request.port, request.scheme, connect) {
+        return Verdict::deny(
+            FORBIDDEN,
+            format!(
+                "port {} is not allowed for `{}` (allowed: {})",
+                request.port,
+                quote(host),
+                route.describe_ports(request.scheme, connect)
+            ),
+            rule,
+        );
+    }
+    if connect {
+        return allow(route);
+    }
+    if let Some(denial) = check_method(route, &request.method) {
+        return denial;
+    }
+    if let Some(verdict) = check_body_size(route, headers, body) {
+        return verdict;
+    }
+    if let Some(denial) = check_path(route, &request.path) {
+        return denial;
+    }
+    if let Some(verdict) = check_protocols(route, request, headers, body) {
+        return verdict;
+    }
+    if let Some(denial) = route
+        .rate_limit
+        .as_ref()
+        .and_then(|limit| limit.check(&route.rule, request, state))
+    {
+        return denial;
+    }
+    credentials(route, request, host)
 }
 
 /// Step 7: the protocol rules of the route (`git`, `graphql`, `mcp`): `None` if the

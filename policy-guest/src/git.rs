@@ -253,6 +253,31 @@ impl GitRules {
         None
     }
 
+    /// The services the rules open, for coverage: `fetch`, `push`.
+    pub(crate) fn services(&self) -> Vec<&'static str> {
+        let mut services = Vec::new();
+        if self.fetch {
+            services.push("fetch");
+        }
+        if !self.push.is_empty() {
+            services.push("push");
+        }
+        services
+    }
+
+    /// The service a request asks for (`fetch` or `push`), for coverage; `None` if it
+    /// is not a git smart-HTTP request.
+    pub(crate) fn service_of(&self, request: &Request) -> Option<&'static str> {
+        let path = NormalPath::parse(&request.path).ok()?;
+        let query = query_of(&request.path);
+        path.readings().into_iter().find_map(|reading| {
+            classify(request.method.as_ref(), reading, query).map(|(service, _)| match service {
+                Service::Fetch => "fetch",
+                Service::PushDiscovery | Service::Push => "push",
+            })
+        })
+    }
+
     /// Whether a `PUT`/`DELETE` to `path` writes into a repository.
     fn is_repository_write(&self, path: &str) -> bool {
         let mut prefix_end = 0;

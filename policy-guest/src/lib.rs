@@ -17,6 +17,8 @@
 //! - `git`: `git`, fetch and push rules for git's smart HTTP, and the `pub` parser of a
 //!   push's ref commands ([`git::receive_pack_commands`], reused by the host).
 //! - `mcp`: `mcp`, JSON-RPC methods and MCP tools on an endpoint.
+//! - `coverage`: the items of a route `policy test --coverage` names (allowlist
+//!   entries, listed ports, protocol rules) and which of them a request reaches.
 //! - `endpoint`, `json`: the endpoint a protocol rule owns; JSON without duplicate keys.
 //! - `rate`: `rate_limit`, a token bucket per route in the host's shared state.
 //! - `request`, `verdict`: the domain types, mirroring the WIT.
@@ -44,6 +46,7 @@
 #[cfg(target_family = "wasm")]
 mod component;
 mod config;
+mod coverage;
 mod decide;
 mod endpoint;
 pub mod git;
@@ -58,8 +61,9 @@ mod routes;
 mod verdict;
 
 pub use config::ConfigError;
+pub use coverage::CoverageItem;
 pub use request::{
     Body, Headers, MemoryBody, MemoryState, NoHeaders, NoState, Request, Scheme, State,
 };
 pub use routes::{Routes, Summary};
-pub use verdict::{InjectedHeader, Part, Verdict};
+pub use verdict::{InjectedHeader, Part, REPORT_ANNOTATION, REPORT_STATUS_ANNOTATION, Verdict};

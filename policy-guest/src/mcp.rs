@@ -62,6 +62,16 @@ impl McpRules {
         })
     }
 
+    /// The endpoint as written, for coverage.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint.written
+    }
+
+    /// Whether the request names the endpoint, for coverage.
+    pub(crate) fn names(&self, request: &Request) -> bool {
+        self.endpoint.names(&request.path, "").unwrap_or(false)
+    }
+
     /// `None` if the request is not an MCP call on the endpoint or every message in it
     /// is allowed; else the denial, or the body it needs.
     pub(crate) fn check(

@@ -51,6 +51,9 @@ pub(crate) struct Route {
     pub(crate) ports: Option<Vec<u16>>,
     /// Inject credentials over plain http too (default: https only).
     pub(crate) inject_over_http: bool,
+    /// Report mode for this route: what it would deny is allowed and reported
+    /// ([`crate::Verdict::Report`]) instead.
+    pub(crate) report: bool,
     /// Allowed methods for requests inside a tunnel or over plain http, as written
     /// (upper-case tokens); `None` = any.
     pub(crate) methods: Option<Vec<String>>,
@@ -179,6 +182,11 @@ impl Routes {
             secrets: secrets.into_iter().map(str::to_owned).collect(),
             rule_ids: self.routes.iter().map(|route| route.rule.clone()).collect(),
         }
+    }
+
+    /// Every route, in document order.
+    pub(crate) fn all(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The route for a normalised request host: an exact pattern beats any wildcard,

@@ -26,6 +26,19 @@ pub enum Verdict {
         /// Whether a prefix is enough.
         prefix: bool,
     },
+    /// A route in report mode would have denied it: forward it unchanged (no
+    /// credentials injected) and report the denial. The WIT has no such verdict, so
+    /// the component answers `allow` with the annotations [`REPORT_ANNOTATION`] (the
+    /// reason) and [`REPORT_STATUS_ANNOTATION`] (the status), which the host logs as
+    /// `would_deny`.
+    Report {
+        /// The status the denial would have had.
+        status: u16,
+        /// Why it would have been denied.
+        reason: String,
+        /// The route.
+        rule: Option<String>,
+    },
     /// Forward it with these headers set.
     Inject {
         /// Headers to set, replacing any the client sent.
@@ -34,6 +47,11 @@ pub enum Verdict {
         rule: Option<String>,
     },
 }
+
+/// The annotation that carries a report-mode route's would-be denial reason.
+pub const REPORT_ANNOTATION: &str = "would-deny";
+/// The annotation that carries a report-mode route's would-be denial status.
+pub const REPORT_STATUS_ANNOTATION: &str = "would-deny-status";
 
 /// A header whose value the host assembles from literal text and secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,13 +2,17 @@
 //! be set through the `EGRESS_PROXY_*` environment variable named in its help.
 
 mod ca;
+mod coverage;
 mod forced;
 mod policy;
+mod replay;
 mod run;
+mod safe;
 
 pub use ca::CaCommand;
 pub use forced::{Bound, ForcedArgs};
 pub use run::{DEFAULT_LISTEN, RunArgs};
+pub use safe::SafeArgs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,10 +105,46 @@ pub enum PolicyCommand {
         /// Module and routes.
         #[command(flatten)]
         policy: PolicyArgs,
+        /// After the cases, list the rules (and, for the built-in policy, the
+        /// allowlist entries, listed ports and git/GraphQL/MCP rules) no case reached.
+        #[arg(long)]
+        coverage: bool,
+        /// Fail (exit 1) when coverage is below this percentage (0–100); implies
+        /// `--coverage`.
+        #[arg(long, value_name = "PCT", value_parser = coverage::parse_percent)]
+        min_coverage: Option<f64>,
+        /// Output: `text` (a line per case) or `json` (one JSON document).
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
         /// Case files (YAML or JSON).
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
+    /// Re-decide the requests recorded in JSON access logs (`run --log-format json`)
+    /// and report every line the policy decides differently; exit 1 on any
+    /// difference.
+    Replay {
+        /// Module and routes.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Also write the recorded traffic as a `policy test` case file (one case per
+        /// distinct request, expecting the recorded decision).
+        #[arg(long, value_name = "FILE")]
+        write_cases: Option<PathBuf>,
+        /// Access log files (JSON lines; other lines are skipped).
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+    },
+}
+
+/// How `policy test` prints its results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A line per case, a summary line.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
 }
 
 /// Which policy module and routes to use, and the runtime's limits.

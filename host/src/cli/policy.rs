@@ -1,4 +1,4 @@
-//! `egress-proxy policy check | eval | test`.
+//! `egress-proxy policy check | eval | test` (`replay` is in [`super::replay`]).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{PolicyArgs, PolicyCommand};
+use super::coverage::Coverage;
+use super::{OutputFormat, PolicyArgs, PolicyCommand};
 use crate::cases::{CaseFile, evaluate, request_for};
 use crate::policy::{Clock, Generation, ManualClock, Runtime, Verdict};
 use crate::routes::RoutesDocument;
@@ -33,20 +34,39 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             };
             eval(&policy, &headers, client, &body, &method, &url)
         }
-        PolicyCommand::Test { policy, cases } => test(&policy, &cases),
+        PolicyCommand::Test {
+            policy,
+            coverage,
+            min_coverage,
+            format,
+            cases,
+        } => test(
+            &policy,
+            &cases,
+            &TestOptions {
+                coverage: coverage || min_coverage.is_some(),
+                min_coverage,
+                format,
+            },
+        ),
+        PolicyCommand::Replay {
+            policy,
+            write_cases,
+            logs,
+        } => super::replay::replay(&policy, &logs, write_cases.as_deref()),
     }
 }
 
 /// A loaded policy: what every subcommand starts from.
-struct Loaded {
-    generation: Generation,
-    routes: RoutesDocument,
-    runtime: Runtime,
+pub(super) struct Loaded {
+    pub(super) generation: Generation,
+    pub(super) routes: RoutesDocument,
+    pub(super) runtime: Runtime,
 }
 
 /// Load the module and routes. The policy state runs on a frozen clock (returned), so
 /// that case files decide the same way every time.
-fn load(args: &PolicyArgs) -> Result<(Loaded, Arc<ManualClock>)> {
+pub(super) fn load(args: &PolicyArgs) -> Result<(Loaded, Arc<ManualClock>)> {
     let routes = RoutesDocument::load(&args.routes)?;
     let clock = Arc::new(ManualClock::default());
     let mut config = args.limits.runtime_config();
@@ -203,7 +223,18 @@ pub fn verdict_json(verdict: &Verdict, secrets: &dyn SecretSource) -> Value {
     json
 }
 
-fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
+/// How `policy test` reports.
+struct TestOptions {
+    coverage: bool,
+    min_coverage: Option<f64>,
+    format: OutputFormat,
+}
+
+fn test(
+    args: &PolicyArgs,
+    paths: &[std::path::PathBuf],
+    options: &TestOptions,
+) -> Result<ExitCode> {
     // Parse every file first: a broken file is an error, not a pile of failures.
     let files = paths
         .iter()
@@ -211,6 +242,11 @@ fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let (loaded, clock) = load(args)?;
     let max_body = args.limits.max_inspect_body;
+    let builtin = args.policy.is_none().then_some(loaded.routes.json.as_str());
+    let mut coverage = Coverage::new(loaded.generation.summary(), builtin);
+    let text = options.format == OutputFormat::Text;
+    let mut out = std::io::stdout().lock();
+    let mut results = Vec::new();
     let (mut passed, mut failed) = (0usize, 0usize);
     for (path, file) in &files {
         // Each file starts with empty rate-limit state.
@@ -219,25 +255,57 @@ fn test(args: &PolicyArgs, paths: &[std::path::PathBuf]) -> Result<ExitCode> {
             if let Some(after) = case.after {
                 clock.advance(after);
             }
-            match case.run(&loaded.generation, max_body) {
+            let verdict = case.verdict(&loaded.generation, max_body);
+            coverage.record(case.request().ok().as_ref(), &verdict);
+            let outcome = case.expect.compare(&verdict);
+            match &outcome {
                 Ok(()) => {
                     passed += 1;
-                    writeln!(std::io::stdout(), "PASS {}: {}", path.display(), case.name)?;
+                    if text {
+                        writeln!(out, "PASS {}: {}", path.display(), case.name)?;
+                    }
                 }
                 Err(diff) => {
                     failed += 1;
-                    writeln!(
-                        std::io::stdout(),
-                        "FAIL {}: {}: {diff}",
-                        path.display(),
-                        case.name
-                    )?;
+                    if text {
+                        writeln!(out, "FAIL {}: {}: {diff}", path.display(), case.name)?;
+                    }
                 }
+            }
+            if !text {
+                results.push(json!({
+                    "file": path.display().to_string(),
+                    "name": case.name,
+                    "passed": outcome.is_ok(),
+                    "difference": outcome.err(),
+                    "verdict": verdict_json(&verdict, &EnvSecrets),
+                }));
             }
         }
     }
-    writeln!(std::io::stdout(), "{passed} passed, {failed} failed")?;
-    Ok(if failed == 0 {
+    let percent = coverage.percent();
+    let below = options.min_coverage.filter(|min| percent < *min);
+    if text {
+        writeln!(out, "{passed} passed, {failed} failed")?;
+        if options.coverage {
+            for line in coverage.lines() {
+                writeln!(out, "{line}")?;
+            }
+        }
+        if let Some(min) = below {
+            writeln!(out, "coverage {percent:.1}% is below --min-coverage {min}")?;
+        }
+    } else {
+        let mut doc = json!({ "cases": results, "passed": passed, "failed": failed });
+        if options.coverage {
+            let mut report = coverage.json();
+            report["min"] = json!(options.min_coverage);
+            report["met"] = json!(below.is_none());
+            doc["coverage"] = report;
+        }
+        writeln!(out, "{doc:#}")?;
+    }
+    Ok(if failed == 0 && below.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -152,6 +152,9 @@ pub struct RunArgs {
     /// Forced egress: the transparent and DNS listeners.
     #[command(flatten)]
     pub forced: super::ForcedArgs,
+    /// Report mode and the shadow policy.
+    #[command(flatten)]
+    pub safe: super::SafeArgs,
 }
 
 impl RunArgs {
@@ -188,6 +191,7 @@ impl RunArgs {
                 read_timeout: self.body_read_timeout,
                 memory: self.inspect_memory,
             },
+            enforcement: self.safe.enforcement,
             ..ProxyConfig::default()
         }
     }
@@ -203,7 +207,8 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(EnvSecrets),
     };
-    let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets)?;
+    let (reloader, policy) = Reloader::start(runtime.clone(), sources, secrets.clone())?;
+    let shadow = super::safe::load_shadow(&args.safe, &args.policy.limits, secrets)?;
     let ca = Arc::new(load_ca(args)?);
     args.forced.dns_config()?;
     let executor = tokio::runtime::Builder::new_multi_thread()
@@ -212,6 +217,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     executor.block_on(async {
+        let generations = policy.clone();
         let proxy = Proxy::new(args.proxy_config(), policy, ca)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -231,12 +237,25 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         let stop = CancellationToken::new();
         let hangup = forward_sighup(triggers.clone(), stop.clone())?;
         let shutdown = shutdown_signal()?;
+        // The shadow is attached before the first request is accepted.
+        let tasks = TaskTracker::new();
+        let _shadow_watcher = match shadow {
+            Some(shadow) => super::safe::serve_shadow(
+                shadow,
+                &proxy,
+                args.reload_interval,
+                &tasks,
+                &stop,
+            )?,
+            None => None,
+        };
         let serving = tokio::spawn(proxy.clone().serve_with(listener, transparent, shutdown));
         // "listening" means accepting (and /readyz says so) by the time it is logged.
         while !proxy.is_accepting() && !serving.is_finished() {
             tokio::task::yield_now().await;
         }
         let generation = proxy.generation();
+        super::safe::warn_at_start(args.safe.enforcement);
         tracing::info!(
             listen = %local,
             admin = %admin_local,
@@ -258,9 +277,13 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
                 None
             }
         };
-        let tasks = TaskTracker::new();
         tasks.spawn(reload::poll(args.reload_interval, triggers.clone()));
         tasks.spawn(hangup);
+        tasks.spawn(super::safe::warn_on_reload(
+            args.safe.enforcement,
+            generations,
+            stop.clone(),
+        ));
         let registry = crate::metrics::registry(
             proxy.metrics(),
             runtime.clone(),
@@ -324,7 +347,7 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
 }
 
 /// Turns SIGHUP into a forced reload until `stop`.
-fn forward_sighup(
+pub(super) fn forward_sighup(
     triggers: tokio::sync::mpsc::UnboundedSender<Trigger>,
     stop: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()>> {

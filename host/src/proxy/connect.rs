@@ -103,6 +103,8 @@ pub(crate) fn decide(proxy: &Proxy, exchange: &Exchange, headers: Vec<(String, S
         )),
     };
     proxy.metrics.decided(deciding.elapsed());
+    record.shadow = super::shadow::ask(proxy.shadow(), &request, &decision, None);
+    let (decision, would_deny) = super::report::apply(proxy.config.enforcement, decision);
     match decision {
         Decision::Deny(denial) => {
             return Tunnel {
@@ -123,6 +125,7 @@ pub(crate) fn decide(proxy: &Proxy, exchange: &Exchange, headers: Vec<(String, S
             record.annotations = annotations;
         }
     }
+    super::report::mark(&mut record, would_deny);
     let verdict = match proxy.tls.server_config_for(&exchange.target.host) {
         Ok(config) => Verdict::Intercept(config),
         Err(err) => Verdict::Refuse(Refusal::Internal(err.to_string())),

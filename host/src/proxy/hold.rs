@@ -77,6 +77,10 @@ pub(crate) struct Decided {
     pub(crate) body: ForwardBody,
     /// For a denial: how to write it, chosen while the body the policy read is held.
     pub(crate) dialect: Option<Dialect>,
+    /// Hex SHA-256 of the (decoded) bytes the policy read, for the access log.
+    pub(crate) body_sha256: String,
+    /// The body as the policy read it, for the shadow policy's body phase.
+    pub(crate) view: PolicyBody,
 }
 
 /// Hold the body, ask `decide-body`, and return the decision with the body to forward.
@@ -97,6 +101,8 @@ pub(crate) async fn decide(
             decision,
             body: ForwardBody::streamed(body),
             dialect,
+            body_sha256: crate::policy::sha256_hex(&view.bytes),
+            view,
         });
     }
     let config = &proxy.config.inspect;
@@ -128,11 +134,13 @@ pub(crate) async fn decide(
     )?;
     let decision = decide_body(proxy, generation, request, &view);
     let dialect = dialect_of(&decision, request, &view);
-    drop(view);
+    let body_sha256 = crate::policy::sha256_hex(&view.bytes);
     Ok(Decided {
         decision,
         body: ForwardBody::held(held.raw, held.rest, held.trailers, Some(permit)),
         dialect,
+        body_sha256,
+        view,
     })
 }
 

@@ -17,6 +17,10 @@
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 clients with verified TLS, optional
 //!   upstream proxy.
 //! - `respond`: deny responses and the proxy's own error responses, status by cause.
+//! - `report`: report mode (`--enforcement report`, and a policy's reported
+//!   denials): what is forwarded instead of denied, and how it is logged.
+//! - `shadow`: the shadow policy, asked off the request path after the live decision;
+//!   only its disagreements are recorded.
 //! - `body`, `access`: streamed response bodies and the access-log line each writes
 //!   when it ends.
 
@@ -31,13 +35,15 @@ mod hold;
 pub mod idle;
 mod pipeline;
 mod prefixed;
+mod report;
 mod respond;
 mod server;
+mod shadow;
 mod transparent;
 pub mod upstream;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -51,7 +57,9 @@ pub use body::ProxyBody;
 pub use forward_body::ForwardBody;
 pub use hold::InspectConfig;
 pub use idle::Idle;
+pub use report::{Enforcement, WOULD_DENY, WOULD_DENY_STATUS};
 pub use respond::{DENY_HEADER, DENY_HINT, ERROR_HEADER};
+pub use shadow::{SHADOW_CONCURRENCY, SHADOW_WORKERS, Shadow, ShadowStats};
 pub use upstream::{UpstreamConfig, UpstreamError, UpstreamSetupError};
 
 use crate::policy::Generation;
@@ -119,6 +127,8 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// The body phase: how much may be held, for how long, in all.
     pub inspect: InspectConfig,
+    /// Enforce the policy's denials, or only report them. Default enforce.
+    pub enforcement: Enforcement,
 }
 
 impl Default for ProxyConfig {
@@ -130,6 +140,7 @@ impl Default for ProxyConfig {
             leaf_cache_capacity: crate::tls::DEFAULT_LEAF_CACHE_CAPACITY,
             limits: Limits::default(),
             inspect: InspectConfig::default(),
+            enforcement: Enforcement::default(),
         }
     }
 }
@@ -156,6 +167,8 @@ pub struct Proxy {
     accepting: std::sync::atomic::AtomicBool,
     /// The memory budget for request bodies held for the policy.
     inspect_budget: hold::Budget,
+    /// The shadow policy, if one is loaded ([`Proxy::set_shadow`]).
+    shadow: OnceLock<Arc<Shadow>>,
 }
 
 impl Proxy {
@@ -184,6 +197,7 @@ impl Proxy {
             accepting: std::sync::atomic::AtomicBool::new(false),
             connections,
             metrics: Arc::default(),
+            shadow: OnceLock::new(),
         }))
     }
 
@@ -209,6 +223,22 @@ impl Proxy {
             }
         }
         server::serve(self, listener, transparent, shutdown).await;
+    }
+
+    /// Ask `shadow` about every request from now on, after the live decision; its
+    /// verdicts are only recorded. Set once, before serving; a second call is ignored.
+    pub fn set_shadow(&self, shadow: Arc<Shadow>) {
+        let _ = self.shadow.set(shadow);
+    }
+
+    /// The shadow policy, if one is loaded.
+    pub fn shadow(&self) -> Option<&Arc<Shadow>> {
+        self.shadow.get()
+    }
+
+    /// Whether the policy's denials are enforced or only reported.
+    pub fn enforcement(&self) -> Enforcement {
+        self.config.enforcement
     }
 
     /// The generation new requests are decided by.

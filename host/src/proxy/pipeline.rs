@@ -137,18 +137,22 @@ pub(crate) async fn forward(
     let head = generation.decide(&request);
     proxy.metrics.decided(deciding.elapsed());
     let (mut parts, body) = req.into_parts();
-    let (decision, body, dialect) = match head {
-        Head::Decided(decision) => (decision, ForwardBody::streamed(body), None),
+    let (decision, body, dialect, view) = match head {
+        Head::Decided(decision) => (decision, ForwardBody::streamed(body), None, None),
         Head::NeedBody(need) => {
             match super::hold::decide(proxy, &generation, &request, need, body, upgrade).await {
                 Ok(decided) => {
                     parts.headers.remove(http::header::EXPECT);
-                    (decided.decision, decided.body, decided.dialect)
+                    record.body_sha256 = Some(decided.body_sha256);
+                    let view = proxy.shadow().is_some().then_some(decided.view);
+                    (decided.decision, decided.body, decided.dialect, view)
                 }
                 Err(refusal) => return refuse(record, &Refusal::Body(refusal)),
             }
         }
     };
+    record.shadow = super::shadow::ask(proxy.shadow(), &request, &decision, view);
+    let (decision, would_deny) = super::report::apply(proxy.config.enforcement, decision);
     let injected = match decision {
         Decision::Deny(denial) => {
             let dialect = dialect.unwrap_or_else(|| Dialect::of(&request, None));
@@ -171,6 +175,7 @@ pub(crate) async fn forward(
             headers
         }
     };
+    super::report::mark(&mut record, would_deny);
     drop(request);
 
     headers::sanitize_request(&mut parts.headers, upgrade);

@@ -77,6 +77,16 @@ impl GraphqlRules {
         })
     }
 
+    /// The endpoint as written, for coverage.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint.written
+    }
+
+    /// Whether the request names the endpoint, for coverage.
+    pub(crate) fn names(&self, request: &Request) -> bool {
+        self.endpoint.names(&request.path, "").unwrap_or(false)
+    }
+
     /// `None` if the request is not for the endpoint or runs an allowed operation;
     /// else the denial, or the body it needs.
     pub(crate) fn check(

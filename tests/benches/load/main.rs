@@ -25,7 +25,9 @@
 //!
 //! Settings (environment): `LOAD_SECONDS`, `LOAD_WARMUP_SECONDS`, `LOAD_REPEATS`,
 //! `LOAD_SSE_EVENTS`, `LOAD_ONLY` (ids above, comma-separated), `LOAD_VIAS`
-//! (`proxy,proxy-log,transparent,hudsucker`, comma-separated), `LOAD_HUDSUCKER_BIN`. Every window also
+//! (`proxy,proxy-log,transparent,hudsucker`, comma-separated), `LOAD_HUDSUCKER_BIN`,
+//! `LOAD_SHADOW=1` (then also the shadow policy's overhead, see `shadow`; `only`: just
+//! that). Every window also
 //! records the CPU other processes used: figures taken while that is high are noise.
 //!
 //! Modules: `host` (pinning, `/proc`), `proxy` (the egress-proxy child process),
@@ -38,6 +40,7 @@ mod host;
 mod peer;
 mod proxy;
 mod report;
+mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,23 +188,52 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let scenarios = runtime.block_on(run(&settings, &pinning, &bin));
+    if !shadow::only() {
+        let scenarios = runtime.block_on(run(&settings, &pinning, &bin));
 
-    let window = settings.window;
-    let notes = [
-        pinning.describe(),
-        format!(
-            "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, paths in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 (over TLS but for plain-keep-alive); CLK_TCK {ticks_per_second}",
-            settings.repeats,
-            window.measure.as_secs_f64(),
-            window.warmup.as_secs_f64()
-        ),
-        format!(
-            "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}, {VIAS_VAR}; proxy binary {}",
-            bin.display()
-        ),
-    ];
-    report::print(&scenarios, ticks_per_second, &notes);
+        let window = settings.window;
+        let notes = [
+            pinning.describe(),
+            format!(
+                "{} runs of {:.1} s (after {:.1} s warm-up) per scenario and path, paths in rotating order; small response: GET {SMALL_RESPONSE}, HTTP/1.1 (over TLS but for plain-keep-alive); CLK_TCK {ticks_per_second}",
+                settings.repeats,
+                window.measure.as_secs_f64(),
+                window.warmup.as_secs_f64()
+            ),
+            format!(
+                "settings: {SECONDS_VAR}, {WARMUP_VAR}, {REPEATS_VAR}, {SSE_EVENTS_VAR}, {ONLY_VAR}, {VIAS_VAR}; proxy binary {}",
+                bin.display()
+            ),
+        ];
+        report::print(&scenarios, ticks_per_second, &notes);
+    }
+    if shadow::wanted() {
+        let rows = runtime.block_on(async {
+            let upstream = Upstream::start(UpstreamOptions {
+                http2: false,
+                record_requests: false,
+                extra_names: vec![INSPECTED_HOST.to_owned()],
+                ..UpstreamOptions::default()
+            })
+            .await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let upstream_ca = upstream.ca().write_pem(dir.path());
+            let routes = proxy::write_routes(dir.path(), &[upstream.port()]);
+            let rows = shadow::compare(
+                &settings,
+                &pinning,
+                &bin,
+                &upstream,
+                dir.path(),
+                &routes,
+                &upstream_ca,
+            )
+            .await;
+            upstream.shutdown().await;
+            rows
+        });
+        shadow::print(&rows, ticks_per_second);
+    }
 }
 
 /// The release `egress-proxy` next to this benchmark's `deps` directory.
@@ -272,14 +304,23 @@ impl Via {
 const TRANSPARENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 /// The processes one scenario's paths go through.
-struct Proxies {
+pub(crate) struct Proxies {
     /// Log off; also serves the transparent path.
-    quiet: Option<ProxyProcess>,
+    pub(crate) quiet: Option<ProxyProcess>,
     logged: Option<ProxyProcess>,
     peer: Option<PeerProcess>,
 }
 
 impl Proxies {
+    /// Just one egress-proxy, log off.
+    pub(crate) fn quiet(proxy: ProxyProcess) -> Self {
+        Self {
+            quiet: Some(proxy),
+            logged: None,
+            peer: None,
+        }
+    }
+
     fn ticks(&self, via: Via) -> Option<u64> {
         match via {
             Via::Direct => None,
@@ -424,7 +465,12 @@ async fn run(settings: &Settings, pinning: &Pinning, bin: &Path) -> Vec<Scenario
 }
 
 /// An HTTP/1.1 client for `load`, going `via` a proxy or straight to `upstream`.
-fn client(via: Via, load: Load, upstream: &Upstream, proxies: &Proxies) -> reqwest::Client {
+pub(crate) fn client(
+    via: Via,
+    load: Load,
+    upstream: &Upstream,
+    proxies: &Proxies,
+) -> reqwest::Client {
     let idle_per_host = match load {
         Load::KeepAlive { connections }
         | Load::PlainKeepAlive { connections }

@@ -8,7 +8,11 @@
 //! `duration_ms`, `generation` (the policy generation's number; 0 when none decided),
 //! `policy` (the module's sha256 prefix), `original_dst` (the address a connection
 //! redirected to the transparent listener was dialled to, `-` otherwise), `annotations` (the policy's notes on its verdict
-//! as a JSON object, `-` for none), and `outcome`
+//! as a JSON object, `-` for none), `body_sha256` (hex SHA-256 of the decoded body
+//! bytes the policy read in its body phase, `-` when it read none), `reason` (for
+//! `would_deny`: the status and reason of the denial not made, `-` otherwise),
+//! `shadow`, `shadow_decision`, `shadow_rule` (the shadow policy's answer, see
+//! [`super::shadow`]; `-` without one), and `outcome`
 //! (`complete`, or `aborted` when the response body did not finish). Never a header
 //! value: credentials cannot reach the log.
 
@@ -36,6 +40,8 @@ pub enum Outcome {
     Deny,
     /// Refused or failed by the proxy itself (bad request, upstream failure).
     Error,
+    /// Denied by the policy but forwarded in report mode ([`super::report`]).
+    WouldDeny,
 }
 
 impl Outcome {
@@ -46,6 +52,7 @@ impl Outcome {
             Outcome::Inject => "inject",
             Outcome::Deny => "deny",
             Outcome::Error => "error",
+            Outcome::WouldDeny => "would_deny",
         }
     }
 }
@@ -100,6 +107,12 @@ pub struct AccessRecord {
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// The original destination of a redirected (transparent) connection.
     pub(crate) original: Option<SocketAddr>,
+    /// Digest of the body the policy read (`policy replay` tells such lines apart).
+    pub(crate) body_sha256: Option<String>,
+    /// For a `would_deny` line: the status and reason of the denial not made.
+    pub(crate) reason: Option<String>,
+    /// Where the shadow policy's answer lands (`None` without a shadow).
+    pub(crate) shadow: Option<super::shadow::Slot>,
 }
 
 impl AccessRecord {
@@ -130,6 +143,9 @@ impl AccessRecord {
             generation: None,
             metrics: None,
             original: None,
+            body_sha256: None,
+            reason: None,
+            shadow: None,
         }
     }
 
@@ -191,6 +207,15 @@ impl line::Fields for Line<'_> {
             Value::Str(r.generation.as_ref().map_or("-", |g| g.1.as_str())),
         );
         sink("original_dst", Value::Shown(&OriginalDst(r.original)));
+        sink(
+            "body_sha256",
+            Value::Str(r.body_sha256.as_deref().unwrap_or("-")),
+        );
+        sink("reason", Value::Str(r.reason.as_deref().unwrap_or("-")));
+        let (shadow, shadow_decision, shadow_rule) = super::shadow::fields(r.shadow.as_ref());
+        sink("shadow", Value::Str(shadow));
+        sink("shadow_decision", Value::Str(shadow_decision));
+        sink("shadow_rule", Value::Str(shadow_rule));
         sink(
             "outcome",
             Value::Str(if self.complete { "complete" } else { "aborted" }),
