@@ -363,7 +363,11 @@ fn policy_compile_round_trip() {
         "examples/cases.yaml",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("36 passed, 0 failed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("36 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
 
     // The same artifact as another wasmtime major version would have written it.
     let needle = [&[0u8, 2][..], b"48"].concat();
@@ -394,7 +398,11 @@ fn policy_compile_round_trip() {
     // Compiling an artifact, or something that is not a component, is refused.
     let out = proxy(&["policy", "compile", cwasm_arg, "-o", "/dev/null"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("already a precompiled artifact"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already a precompiled artifact"),
+        "{}",
+        stderr(&out)
+    );
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm").expect("write");
     let out = proxy(&["policy", "compile", junk.to_str().expect("utf-8")]);

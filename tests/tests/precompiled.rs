@@ -74,7 +74,11 @@ fn builtin_variant(tag: &str) -> Vec<u8> {
     let size = 1 + name.len() + payload.len();
     assert!(size < 128, "one-byte LEB128 sizes");
     let mut module = BUILTIN_POLICY.to_vec();
-    module.extend_from_slice(&[0, u8::try_from(size).unwrap(), u8::try_from(name.len()).unwrap()]);
+    module.extend_from_slice(&[
+        0,
+        u8::try_from(size).unwrap(),
+        u8::try_from(name.len()).unwrap(),
+    ]);
     module.extend_from_slice(name);
     module.extend_from_slice(payload);
     module
@@ -135,8 +139,14 @@ fn a_module_file_is_compiled_in_a_child_and_reloads_keep_serving() {
     replace(&module, b"not wasm at all");
     let failed = proxy.wait_for("policy reload failed; the previous generation keeps serving");
     let error = failed["error"].as_str().unwrap();
-    assert!(error.contains("policy.wasm could not be compiled"), "{error}");
-    assert!(error.contains("not a valid WebAssembly component"), "{error}");
+    assert!(
+        error.contains("policy.wasm could not be compiled"),
+        "{error}"
+    );
+    assert!(
+        error.contains("not a valid WebAssembly component"),
+        "{error}"
+    );
     assert_eq!(denied_by(&proxy), sha256_hex(&first));
 
     // A new module: compiled by a child, published.
@@ -146,7 +156,8 @@ fn a_module_file_is_compiled_in_a_child_and_reloads_keep_serving() {
     assert_eq!(reloaded["policy_compiled"], "child");
     assert_eq!(denied_by(&proxy), sha256_hex(&second));
     stop.store(true, Ordering::Relaxed);
-    load.join().expect("every request during the reloads was denied by a policy");
+    load.join()
+        .expect("every request during the reloads was denied by a policy");
     assert!(served.load(Ordering::Relaxed) > 0);
     assert_metric(&proxy, "egress_proxy_policy_compiled_in_process_total 0");
     assert_metric(&proxy, "egress_proxy_policy_compiled_in_child_total 2");
@@ -190,7 +201,13 @@ fn run_loads_a_policy_compile_artifact_and_refuses_a_stale_one() {
     // Truncated: wasmtime refuses it before using any of it; start-up fails clearly.
     std::fs::write(&cwasm, &artifact[..artifact.len() / 3]).unwrap();
     let output = Command::new(egress_proxy_tests::proxy_bin())
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--routes")
         .arg(&routes)
         .arg("--policy")

@@ -346,6 +346,7 @@ fn every_flag_and_environment_variable_is_documented() {
         "policy check",
         "policy eval",
         "policy test",
+        "policy compile",
         "ca create",
         "ca init",
         "ca print",

@@ -63,6 +63,8 @@ pub(super) fn deserialize(engine: &Engine, artifact: Artifact<'_>) -> wasmtime::
         // this user can write, which this process created and removes; the file is
         // never modified after the child exits (wasmtime maps it, so in-place changes
         // would change the code).
-        Artifact::Staged(staged) => unsafe { Component::deserialize_file(engine, staged.artifact()) },
+        Artifact::Staged(staged) => unsafe {
+            Component::deserialize_file(engine, staged.artifact())
+        },
     }
 }

@@ -173,7 +173,10 @@ fn failure(status: ExitStatus, log: &Path) -> String {
         (Some(_), _) if !said.is_empty() => said.to_owned(),
         (Some(code), _) => format!("the compiler process exited with status {code}"),
         (None, Some(signal)) => {
-            format!("the compiler process was killed by signal {signal}{}", suffix(said))
+            format!(
+                "the compiler process was killed by signal {signal}{}",
+                suffix(said)
+            )
         }
         (None, None) => format!("the compiler process failed ({status}){}", suffix(said)),
     }
@@ -247,7 +250,10 @@ mod tests {
             "echo \"error: args=$* home=${HOME:-unset} cwd=$(basename $(pwd))\" >&2; exit 1",
         );
         let message = failed(compiler.compile(&module(dir.path())));
-        assert!(message.starts_with("args=policy compile policy.wasm --output "), "{message}");
+        assert!(
+            message.starts_with("args=policy compile policy.wasm --output "),
+            "{message}"
+        );
         assert!(message.contains("home=unset"), "{message}");
         assert!(message.contains("cwd=src"), "{message}");
     }

@@ -134,10 +134,7 @@ impl PolicyModule {
 
     /// The built-in policy from `artifact` (its precompiled code); on any mismatch,
     /// logged, compiled here from [`BUILTIN_POLICY`].
-    pub(super) fn builtin(
-        shared: &Arc<Shared>,
-        artifact: &[u8],
-    ) -> Result<Arc<Self>, PolicyError> {
+    pub(super) fn builtin(shared: &Arc<Shared>, artifact: &[u8]) -> Result<Arc<Self>, PolicyError> {
         let origin = BUILTIN_ORIGIN.to_owned();
         match Self::from_artifact(
             shared,
@@ -219,8 +216,8 @@ impl PolicyModule {
 pub fn precompile(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, &'static str), PolicyError> {
     let engine =
         Engine::new(&super::compiler_config::compiler_config()).map_err(PolicyError::engine)?;
-    let component = Component::new(&engine, bytes)
-        .map_err(|e| compile_error(format!("{e:#}"), origin))?;
+    let component =
+        Component::new(&engine, bytes).map_err(|e| compile_error(format!("{e:#}"), origin))?;
     let version = check_version(&engine, &component, origin)?;
     let artifact = component.serialize().map_err(PolicyError::engine)?;
     let contract = match version {
@@ -343,10 +340,7 @@ mod tests {
     /// The module decides: allows the one routed host, denies another.
     fn assert_decides(module: &Arc<PolicyModule>) {
         let generation = module
-            .configure(
-                r#"{"routes":[{"host":"a.example"}]}"#,
-                Arc::new(EnvSecrets),
-            )
+            .configure(r#"{"routes":[{"host":"a.example"}]}"#, Arc::new(EnvSecrets))
             .unwrap();
         let request = |host: &str| Request {
             scheme: Scheme::Https,
@@ -409,16 +403,22 @@ mod tests {
         let mut truncated = artifact::BUILTIN_ARTIFACT.to_vec();
         truncated.truncate(truncated.len() / 2);
         let cases: [(&str, &[u8]); 5] = [
-            ("no artifact (a build for a target wasmtime cannot compile for)", &[]),
+            (
+                "no artifact (a build for a target wasmtime cannot compile for)",
+                &[],
+            ),
             ("another wasmtime version", &version),
             ("other engine settings", &other),
             ("truncated", &truncated),
-            ("not an artifact", b"\x7fELF\x02\x01\x01 definitely not an artifact"),
+            (
+                "not an artifact",
+                b"\x7fELF\x02\x01\x01 definitely not an artifact",
+            ),
         ];
         for (i, (case, artifact)) in cases.into_iter().enumerate() {
             let shared = shared();
-            let module = PolicyModule::builtin(&shared, artifact)
-                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            let module =
+                PolicyModule::builtin(&shared, artifact).unwrap_or_else(|e| panic!("{case}: {e}"));
             assert_eq!(module.code(), Code::InProcess, "{case}");
             assert_eq!(compiled_here(&shared), 1, "{case}: compiled once");
             assert_eq!(module.sha256(), BUILTIN_SHA256, "{case}");
@@ -442,7 +442,10 @@ mod tests {
         .unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, PolicyError::Artifact { .. }), "{message}");
-        assert!(message.contains("policy.cwasm is a precompiled artifact"), "{message}");
+        assert!(
+            message.contains("policy.cwasm is a precompiled artifact"),
+            "{message}"
+        );
         assert!(message.contains("incompatible version '47'"), "{message}");
         assert!(message.contains("policy compile"), "{message}");
     }
