@@ -30,8 +30,8 @@ pub(super) enum Artifact<'a> {
     /// Built into this binary by its build script, or read from a file the operator
     /// named (`--policy policy.cwasm`).
     Bytes(&'a [u8]),
-    /// Written by a child process running this binary into a private directory this
-    /// process created.
+    /// In a private directory this process created: written there by a child process
+    /// running this binary, or copied there from a file the operator named.
     Staged(&'a Staged),
 }
 
@@ -59,10 +59,10 @@ pub(super) fn deserialize(engine: &Engine, artifact: Artifact<'_>) -> wasmtime::
         // binary is (module docs). wasmtime copies them into its own mapping and checks
         // version, settings and CPU features before using any of it.
         Artifact::Bytes(bytes) => unsafe { Component::deserialize(engine, bytes) },
-        // SAFETY: written by this binary's own `policy compile` into a directory only
-        // this user can write, which this process created and removes; the file is
-        // never modified after the child exits (wasmtime maps it, so in-place changes
-        // would change the code).
+        // SAFETY: written by this binary's own `policy compile`, or copied from a file
+        // the operator passed, into a directory only this user can write, which this
+        // process created and removes; the file is never modified after that (wasmtime
+        // maps it, so an in-place change would change the code).
         Artifact::Staged(staged) => unsafe {
             Component::deserialize_file(engine, staged.artifact())
         },

@@ -66,9 +66,33 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// A private copy of an artifact the operator named (`--policy policy.cwasm`):
+    /// wasmtime maps the copy, so the operator's file can be replaced or rewritten
+    /// without changing (or truncating) code in use, and only the pages the policy
+    /// runs are resident.
+    pub(super) fn copy_of(path: &Path) -> Result<Self, ChildError> {
+        let dir = private_dir()?;
+        let artifact = dir.path().join("module.cwasm");
+        std::fs::copy(path, &artifact).map_err(ChildError::Read)?;
+        let sha256 = super::sha256_file(&artifact).map_err(ChildError::Read)?;
+        Ok(Self {
+            _dir: dir,
+            artifact,
+            sha256,
+        })
+    }
+
     pub(super) fn artifact(&self) -> &Path {
         &self.artifact
     }
+}
+
+/// A new directory only this user can use (0700), removed when dropped.
+fn private_dir() -> Result<tempfile::TempDir, ChildError> {
+    tempfile::Builder::new()
+        .prefix("egress-proxy-policy-")
+        .tempdir()
+        .map_err(ChildError::NoPrivateDir)
 }
 
 /// Why a child compile did not produce an artifact.
@@ -86,10 +110,7 @@ impl ChildCompiler {
     /// Compile `module` (a component file) in a child; the artifact is staged in a
     /// private directory.
     pub(super) fn compile(&self, module: &Path) -> Result<Staged, ChildError> {
-        let dir = tempfile::Builder::new()
-            .prefix("egress-proxy-compile-")
-            .tempdir()
-            .map_err(ChildError::NoPrivateDir)?;
+        let dir = private_dir()?;
         // The child sees the module under its own file name (in `src/`), so that its
         // messages name the file the operator knows, not the private copy's path.
         let name = module

@@ -274,15 +274,30 @@ impl Runtime {
             file.read(&mut prefix).map_err(read_error)?
         };
         if artifact::looks_like_artifact(&prefix[..prefix_len]) {
-            let bytes = std::fs::read(path).map_err(read_error)?;
-            let sha256 = sha256_hex(&bytes);
-            return PolicyModule::from_artifact(
-                &self.shared,
-                artifact::Artifact::Bytes(&bytes),
-                sha256,
-                origin,
-                Code::Artifact,
-            );
+            match child::Staged::copy_of(path) {
+                Ok(staged) => {
+                    return PolicyModule::from_artifact(
+                        &self.shared,
+                        artifact::Artifact::Staged(&staged),
+                        staged.sha256.clone(),
+                        origin,
+                        Code::Artifact,
+                    );
+                }
+                Err(child::ChildError::Read(source)) => return Err(read_error(source)),
+                // No private directory: load it from memory (all of it resident).
+                Err(_) => {
+                    let bytes = std::fs::read(path).map_err(read_error)?;
+                    let sha256 = sha256_hex(&bytes);
+                    return PolicyModule::from_artifact(
+                        &self.shared,
+                        artifact::Artifact::Bytes(&bytes),
+                        sha256,
+                        origin,
+                        Code::Artifact,
+                    );
+                }
+            }
         }
         if let Compiler::Child(child) = &self.shared.config.compiler {
             match child.compile(path) {
