@@ -1,5 +1,18 @@
-//! Builds the default policy (`policy-guest`) for wasm32-wasip2 and puts the
-//! component in OUT_DIR, where `policy::module` embeds it with `include_bytes!`.
+//! Builds the default policy (`policy-guest`) for wasm32-wasip2, precompiles it to
+//! native code, and puts both in OUT_DIR, where `policy::module` and
+//! `policy::artifact` embed them with `include_bytes!`: the component
+//! (`policy_guest.wasm`, the fallback), its artifact (`policy_guest.cwasm`, what the
+//! proxy loads without compiling) and the component's sha256
+//! (`EGRESS_PROXY_BUILTIN_SHA256`).
+//!
+//! The artifact is compiled by this package's wasmtime build-dependency (the same
+//! pinned version as the runtime's) with the runtime's own settings
+//! (`src/policy/compiler_config.rs`, `include!`d below), for an explicit target:
+//! baseline CPU features, not the build machine's, so an image built on one machine
+//! loads its artifact on any other of the same architecture. If wasmtime cannot
+//! compile for the target (a cross build to an architecture the build-time Cranelift
+//! lacks), the artifact is left empty and the proxy compiles the built-in policy at
+//! start-up, as it does for any other mismatch.
 //!
 //! The guest is built by a nested `cargo build` into its own target directory
 //! (`<target>/egress-guest`, shared by every profile so it is built once), with the
@@ -9,6 +22,12 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
+
+/// The runtime's compiler settings, shared with `src/policy/engine.rs`.
+mod compiler_config {
+    include!("src/policy/compiler_config.rs");
+}
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
@@ -42,6 +61,7 @@ fn run() -> Result<(), String> {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
+    println!("cargo:rerun-if-changed=src/policy/compiler_config.rs");
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -66,7 +86,63 @@ fn run() -> Result<(), String> {
         .join(GUEST_TARGET)
         .join("release")
         .join("policy_guest.wasm");
-    copy(&built, &out_dir.join("policy_guest.wasm"))
+    let wasm = out_dir.join("policy_guest.wasm");
+    copy(&built, &wasm)?;
+    let bytes = std::fs::read(&wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+    println!(
+        "cargo:rustc-env=EGRESS_PROXY_BUILTIN_SHA256={}",
+        sha256_hex(&bytes)
+    );
+    precompile(&bytes, &out_dir.join("policy_guest.cwasm"))
+}
+
+/// Compile the component for the target with the runtime's settings and write the
+/// artifact; an empty file when wasmtime cannot compile for this target.
+fn precompile(wasm: &[u8], artifact: &Path) -> Result<(), String> {
+    let target = var("TARGET")?;
+    let mut config = compiler_config::compiler_config();
+    // An explicit target turns off detection of the build machine's CPU features:
+    // the code uses the architecture's baseline only, and wasmtime accepts an
+    // artifact whose features are a subset of the host's.
+    config
+        .target(&target)
+        .map_err(|e| format!("wasmtime does not know the target {target}: {e}"))?;
+    let engine = match wasmtime::Engine::new(&config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            println!(
+                "cargo:warning=cannot precompile the built-in policy for {target} ({e}); \
+                 the proxy will compile it at start-up"
+            );
+            return write(artifact, &[]);
+        }
+    };
+    let started = Instant::now();
+    let code = engine
+        .precompile_component(wasm)
+        .map_err(|e| format!("precompiling the built-in policy failed: {e:#}"))?;
+    eprintln!(
+        "precompiled the built-in policy for {target}: {} bytes of wasm, {} of artifact, {} ms",
+        wasm.len(),
+        code.len(),
+        started.elapsed().as_millis()
+    );
+    write(artifact, &code)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(64);
+    for byte in sha2::Sha256::digest(bytes) {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Remove what would make the nested build inherit the outer one's configuration.

@@ -158,6 +158,21 @@ impl Collector for Status {
                 &stats.invalid_verdicts,
             ),
             (
+                "egress_proxy_policy_compiled_in_process",
+                "policy modules compiled by Cranelift inside the proxy process (0 while the built-in policy loads precompiled and module files compile in a child)",
+                &stats.compiled_in_process,
+            ),
+            (
+                "egress_proxy_policy_compiled_in_child",
+                "policy modules compiled by a child process (policy compile) and loaded from its artifact",
+                &stats.compiled_in_child,
+            ),
+            (
+                "egress_proxy_policy_artifacts_loaded",
+                "precompiled policy artifacts loaded (the built-in policy's, or a .cwasm file)",
+                &stats.artifacts_loaded,
+            ),
+            (
                 "egress_proxy_reloads_succeeded",
                 "reloads that published a new generation",
                 &self.reload.succeeded,

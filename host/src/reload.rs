@@ -3,10 +3,11 @@
 //! A [`Reloader`] owns the sources (routes file, optional module file) and the
 //! sending side of the watch channel the proxy reads generations from. A reload
 //! reads both files, and only if a content hash changed (or on SIGHUP) builds a
-//! complete new generation on a blocking thread — compile the module (reused when
-//! only the routes changed), instantiate, `configure`, prewarm — then publishes it in
-//! one step and retires the old one. Requests in flight keep the `Arc` they started
-//! with, so no request ever sees module A with routes B. A failed reload keeps the
+//! complete new generation on a blocking thread — load the module (reused when only
+//! the routes changed; compiled by a child process when the runtime says so, while
+//! the current generation keeps serving), instantiate, `configure`, prewarm — then
+//! publishes it in one step and retires the old one. Requests in flight keep the
+//! `Arc` they started with, so no request ever sees module A with routes B. A failed reload keeps the
 //! current generation, is logged at error level and counted.
 //!
 //! Triggers ([`Trigger`]): file-system events in the *directories* holding the
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Generation, PolicyError, PolicyModule, Runtime, sha256_hex};
+use crate::policy::{Generation, PolicyError, PolicyModule, Runtime, sha256_file, sha256_hex};
 use crate::routes::{MAX_ROUTES_BYTES, RoutesDocument, RoutesError};
 use crate::secrets::SecretSource;
 
@@ -160,9 +161,10 @@ struct Snapshot {
     module: Option<ModuleFile>,
 }
 
+/// The module file as hashed for one check (read in pieces, never whole: it is loaded
+/// from its path only if the hash gate passes).
 struct ModuleFile {
     path: PathBuf,
-    bytes: Vec<u8>,
     sha256: String,
 }
 
@@ -185,14 +187,12 @@ impl Sources {
         let module = match &self.policy {
             None => None,
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| ReloadError::ReadModule {
+                let sha256 = sha256_file(path).map_err(|source| ReloadError::ReadModule {
                     path: path.clone(),
                     source,
                 })?;
-                let sha256 = sha256_hex(&bytes);
                 Some(ModuleFile {
                     path: path.clone(),
-                    bytes,
                     sha256,
                 })
             }
@@ -313,6 +313,7 @@ impl Reloader {
             module_sha256 = %self.module.sha256(),
             routes_sha256 = %self.routes_sha,
             module_changed,
+            policy_compiled = self.module.code().as_str(),
             took_ms = started.elapsed().as_millis() as u64,
             "policy reloaded"
         );
@@ -370,7 +371,7 @@ fn build(
     let module = match (reuse, &snapshot.module) {
         (Some(module), _) => module,
         (None, None) => runtime.load_builtin()?,
-        (None, Some(file)) => runtime.load_bytes(&file.bytes, file.path.display().to_string())?,
+        (None, Some(file)) => runtime.load_file(&file.path)?,
     };
     let routes = RoutesDocument::from_bytes(&snapshot.routes_bytes, &snapshot.routes_path)?;
     let generation = module.configure(&routes.json, secrets.clone())?;

@@ -297,3 +297,120 @@ fn a_module_over_the_memory_limit_says_which_limit_to_raise() {
     assert!(err.contains("raise --policy-memory-mib"), "{err}");
     assert!(!err.contains("not a valid WebAssembly component"), "{err}");
 }
+
+#[test]
+fn check_says_the_builtin_policy_is_precompiled() {
+    let out = proxy(&["policy", "check", "--routes", "examples/routes.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("compiled: at build time (the built-in policy's precompiled artifact)"),
+        "{text}"
+    );
+}
+
+/// `policy compile` writes an artifact the other commands load without compiling;
+/// one from another wasmtime is refused with what to do, and a non-policy is refused.
+#[test]
+fn policy_compile_round_trip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wasm = dir.path().join("policy.wasm");
+    std::fs::write(&wasm, egress_proxy::policy::BUILTIN_POLICY).expect("write module");
+    let out = proxy(&["policy", "compile", wasm.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cwasm = dir.path().join("policy.cwasm");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "compiled {} (sha256 {}, egress:policy@0.2.0) to {}",
+            wasm.display(),
+            egress_proxy::policy::sha256_hex(egress_proxy::policy::BUILTIN_POLICY),
+            cwasm.display()
+        )),
+        "{text}"
+    );
+    let artifact = std::fs::read(&cwasm).expect("artifact written");
+    assert!(artifact.starts_with(b"\x7fELF"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("list").count(),
+        2,
+        "no partial file left behind"
+    );
+
+    let cwasm_arg = cwasm.to_str().expect("utf-8");
+    let out = proxy(&[
+        "policy",
+        "check",
+        "--routes",
+        "examples/routes.yaml",
+        "--policy",
+        cwasm_arg,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("compiled: ahead of time (a policy compile artifact)"),
+        "{text}"
+    );
+    assert!(text.contains("rules:   7"), "{text}");
+    let out = proxy(&[
+        "policy",
+        "test",
+        "--routes",
+        "examples/routes.yaml",
+        "--policy",
+        cwasm_arg,
+        "examples/cases.yaml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("36 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The same artifact as another wasmtime major version would have written it.
+    let needle = [&[0u8, 2][..], b"48"].concat();
+    let at = artifact
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the artifact names its wasmtime version");
+    let mut stale = artifact.clone();
+    stale[at + 2..at + 4].copy_from_slice(b"47");
+    let stale_path = dir.path().join("stale.cwasm");
+    std::fs::write(&stale_path, &stale).expect("write");
+    let out = proxy(&[
+        "policy",
+        "check",
+        "--routes",
+        "examples/routes.yaml",
+        "--policy",
+        stale_path.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stale.cwasm is a precompiled artifact this proxy cannot load"),
+        "{err}"
+    );
+    assert!(err.contains("egress-proxy policy compile"), "{err}");
+
+    // Compiling an artifact, or something that is not a component, is refused.
+    let out = proxy(&["policy", "compile", cwasm_arg, "-o", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already a precompiled artifact"),
+        "{}",
+        stderr(&out)
+    );
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").expect("write");
+    let out = proxy(&["policy", "compile", junk.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("junk.wasm is not a valid WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("junk.cwasm").exists());
+}

@@ -347,6 +347,7 @@ fn every_flag_and_environment_variable_is_documented() {
         "policy eval",
         "policy test",
         "policy replay",
+        "policy compile",
         "ca create",
         "ca init",
         "ca print",

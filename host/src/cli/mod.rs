@@ -99,6 +99,18 @@ pub enum PolicyCommand {
         /// Absolute URL, or `host:port` for `CONNECT`.
         url: String,
     },
+    /// Compile a policy component to native code for this binary and this machine's
+    /// CPU (a `.cwasm` artifact), e.g. in a container build; `run --policy` and the
+    /// other `policy` commands load the artifact without compiling. Exit 1 with the
+    /// reason if the module is not a policy component.
+    Compile {
+        /// The policy component (`.wasm`).
+        module: PathBuf,
+        /// Where to write the artifact (replaced atomically). Default: MODULE with
+        /// the extension `.cwasm`.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
     /// Run case files of requests and expected verdicts. Prints a line per case and
     /// `N passed, N failed`; exit 1 if any case failed or a file is invalid.
     Test {

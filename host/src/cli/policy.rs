@@ -1,6 +1,7 @@
 //! `egress-proxy policy check | eval | test` (`replay` is in [`super::replay`]).
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use super::coverage::Coverage;
 use super::{OutputFormat, PolicyArgs, PolicyCommand};
 use crate::cases::{CaseFile, evaluate, request_for};
-use crate::policy::{Clock, Generation, ManualClock, Runtime, Verdict};
+use crate::policy::{Clock, Generation, ManualClock, Runtime, Verdict, precompile, sha256_hex};
 use crate::routes::RoutesDocument;
 use crate::secrets::{EnvSecrets, SecretSource};
 
@@ -54,7 +55,46 @@ pub(super) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             write_cases,
             logs,
         } => super::replay::replay(&policy, &logs, write_cases.as_deref()),
+        PolicyCommand::Compile { module, output } => compile(&module, output),
     }
+}
+
+/// `policy compile`: the artifact is written next to its destination and renamed
+/// into place, so a proxy never sees half of it.
+fn compile(module: &Path, output: Option<PathBuf>) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    if bytes.starts_with(b"\x7fELF") {
+        bail!(
+            "{} is already a precompiled artifact; give the policy component (.wasm)",
+            module.display()
+        );
+    }
+    let (artifact, contract) = precompile(&bytes, &module.display().to_string())?;
+    let output = output.unwrap_or_else(|| module.with_extension("cwasm"));
+    let file_name = output
+        .file_name()
+        .with_context(|| format!("--output {} names no file", output.display()))?;
+    let mut partial = file_name.to_owned();
+    partial.push(format!(".partial-{}", std::process::id()));
+    let partial = output.with_file_name(partial);
+    std::fs::write(&partial, &artifact)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    if let Err(err) = std::fs::rename(&partial, &output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err).with_context(|| format!("cannot write {}", output.display()));
+    }
+    writeln!(
+        std::io::stdout(),
+        "compiled {} (sha256 {}, egress:policy@{contract}) to {} ({} bytes) in {} ms",
+        module.display(),
+        sha256_hex(&bytes),
+        output.display(),
+        artifact.len(),
+        started.elapsed().as_millis()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A loaded policy: what every subcommand starts from.
@@ -106,6 +146,7 @@ fn check(args: &PolicyArgs) -> Result<ExitCode> {
         loaded.routes.path.display(),
         loaded.routes.sha256
     )?;
+    writeln!(std::io::stdout(), "compiled: {}", module.code().describe())?;
     writeln!(std::io::stdout(), "rules:   {}", summary.rules)?;
     if !summary.rule_ids.is_empty() {
         writeln!(

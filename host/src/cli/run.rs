@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::PolicyArgs;
 use crate::guard::AddressGuard;
-use crate::policy::Runtime;
+use crate::policy::{ChildCompiler, Compiler, Runtime, RuntimeConfig};
 use crate::proxy::{Limits, Proxy, ProxyConfig, UpstreamConfig};
 use crate::reload::{self, Reloader, Sources, Trigger};
 use crate::secrets::{EnvSecrets, FileSecrets, SecretSource};
@@ -146,6 +146,11 @@ pub struct RunArgs {
     /// a body that would exceed it is answered 503 with `retry-after` (nothing waits).
     #[arg(long, env = "EGRESS_PROXY_INSPECT_MEMORY", default_value_t = crate::inspect::DEFAULT_INSPECT_MEMORY)]
     pub inspect_memory: u64,
+    /// Bound on compiling a policy module (`--policy MODULE.wasm`, at start-up and on
+    /// reload) in its child process; over it the child is killed and the load fails.
+    #[arg(long, env = "EGRESS_PROXY_POLICY_COMPILE_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "2m")]
+    pub policy_compile_timeout: Duration,
     /// Worker threads serving requests (at least 1).
     #[arg(long, env = "EGRESS_PROXY_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
     pub worker_threads: usize,
@@ -198,7 +203,12 @@ impl RunArgs {
 }
 
 pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
-    let runtime = Runtime::new(args.policy.limits.runtime_config())?;
+    // A module file is compiled by a child process running this binary, so that
+    // Cranelift's working set never becomes the proxy's.
+    let runtime = Runtime::new(RuntimeConfig {
+        compiler: Compiler::Child(ChildCompiler::this_binary(args.policy_compile_timeout)),
+        ..args.policy.limits.runtime_config()
+    })?;
     let sources = Sources {
         routes: args.policy.routes.clone(),
         policy: args.policy.policy.clone(),
@@ -263,6 +273,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             dns = %dns_local.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             policy = %generation.module().origin(),
             policy_sha256 = %generation.module().sha256(),
+            policy_compiled = generation.module().code().as_str(),
             routes = %args.policy.routes.display(),
             rules = generation.summary().rules,
             "egress-proxy listening"
@@ -471,6 +482,10 @@ mod tests {
         assert_eq!(config.inspect.read_timeout, inspect.read_timeout);
         assert_eq!(config.inspect.memory, inspect.memory);
         assert_eq!(args.worker_threads, DEFAULT_WORKER_THREADS);
+        assert_eq!(
+            args.policy_compile_timeout,
+            crate::policy::DEFAULT_COMPILE_TIMEOUT
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::child::Compiler;
 use super::state::{Clock, DEFAULT_STATE_KEYS, StateStore};
 use super::{PolicyError, PolicyStats};
 
@@ -56,6 +57,9 @@ pub struct RuntimeConfig {
     /// Keys the policy state keeps, buckets and counters each. Default
     /// [`DEFAULT_STATE_KEYS`].
     pub state_keys: usize,
+    /// Where a module given as a `.wasm` file is compiled. Default: in this process
+    /// (`run` uses a child process).
+    pub compiler: Compiler,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +73,7 @@ impl Default for RuntimeConfig {
             max_idle_instances: DEFAULT_MAX_IDLE,
             clock: Clock::System,
             state_keys: DEFAULT_STATE_KEYS,
+            compiler: Compiler::InProcess,
         }
     }
 }
@@ -207,14 +212,12 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .table_elements(100_000)
         .linear_memory_keep_resident(1 << 20)
         .pagemap_scan(Enabled::Auto);
-    let mut cfg = Config::new();
+    let mut cfg = super::compiler_config::compiler_config();
     #[cfg(feature = "profiling")]
     if std::env::var_os("EGRESS_PROXY_PERFMAP").is_some() {
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    cfg.wasm_component_model(true)
-        .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     cfg
 }
 

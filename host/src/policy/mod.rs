@@ -3,7 +3,10 @@
 //! - [`Runtime`]: one wasmtime engine per process (pooling allocator, epoch ticker,
 //!   WASI linked with an empty context). Cheap to clone.
 //! - [`PolicyModule`]: a compiled policy component (the built-in default or a file),
-//!   checked against the WIT version this host speaks. Compile once per module.
+//!   checked against the WIT version this host speaks. Compile once per module: the
+//!   built-in policy ships precompiled (loaded without compiling, see `artifact`); a
+//!   `.wasm` file is compiled here or, with [`Compiler::Child`], by a child process
+//!   (`child`); a `.cwasm` artifact from `policy compile` is loaded as is.
 //! - [`Generation`]: a module configured with one routes document, plus a pool of
 //!   configured instances. `decide` is synchronous and safe to call from many tasks
 //!   at once; a trap or timeout denies that request and discards the instance.
@@ -13,8 +16,11 @@
 //! Data flows one way: the proxy asks a generation for a verdict; the policy never
 //! calls back.
 
+mod artifact;
 mod bindings;
 mod body;
+mod child;
+mod compiler_config;
 mod convert;
 mod engine;
 mod generation;
@@ -31,12 +37,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use bindings::{DECIDER_EXPORT, PACKAGE, VERSIONS};
 pub use body::PolicyBody;
+pub use child::{ChildCompiler, Compiler, DEFAULT_COMPILE_TIMEOUT};
 pub use engine::{
     DEFAULT_CONFIGURE_TIMEOUT, DEFAULT_DECIDE_BODY_TIMEOUT, DEFAULT_DECIDE_TIMEOUT,
     DEFAULT_INSTANCE_SLOTS, DEFAULT_MAX_IDLE, DEFAULT_MEMORY_LIMIT, EPOCH_TICK, RuntimeConfig,
 };
 pub use generation::{Generation, Summary};
-pub use module::{BUILTIN_POLICY, PolicyModule};
+pub use module::{BUILTIN_POLICY, Code, PolicyModule, precompile};
 pub use request::{HIDDEN_HEADERS, Request, Scheme};
 pub use state::{Clock, DEFAULT_STATE_KEYS, MAX_STATE_KEY, ManualClock, StateStore};
 pub use verdict::{
@@ -76,6 +83,26 @@ pub enum PolicyError {
         /// Where the module came from.
         origin: String,
         /// wasmtime's message.
+        message: String,
+    },
+    /// A precompiled artifact that this build cannot load: written by another wasmtime
+    /// or egress-proxy build, with other settings, for a CPU this host is not, or not
+    /// an artifact at all.
+    #[error(
+        "{origin} is a precompiled artifact this proxy cannot load: {message}; compile the .wasm again with this binary (egress-proxy policy compile MODULE.wasm -o MODULE.cwasm)"
+    )]
+    Artifact {
+        /// Where the artifact came from.
+        origin: String,
+        /// wasmtime's message.
+        message: String,
+    },
+    /// The child process compiling the module failed, crashed or timed out.
+    #[error("{origin} could not be compiled: {message}")]
+    Compiler {
+        /// The module file.
+        origin: String,
+        /// What the child said, or how it ended.
         message: String,
     },
     /// The component was built against another version of the WIT package.
@@ -133,6 +160,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     module::hex(&sha2::Sha256::digest(bytes))
 }
 
+/// Hex SHA-256 of a file, read in pieces (a module can be tens of MB; reading it whole
+/// would raise the process's peak memory by as much at every reload check).
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(module::hex(&hasher.finalize()))
+}
+
 /// Whether a guest call failed by hitting its epoch deadline.
 fn is_timeout(err: &wasmtime::Error) -> bool {
     matches!(
@@ -165,6 +201,13 @@ pub struct PolicyStats {
     pub instances_created: AtomicU64,
     /// Instances dropped after a fault.
     pub instances_discarded: AtomicU64,
+    /// Modules compiled by Cranelift in this process (0 while the built-in policy
+    /// loads precompiled and files are compiled by a child).
+    pub compiled_in_process: AtomicU64,
+    /// Modules compiled by a child process and loaded from its artifact.
+    pub compiled_in_child: AtomicU64,
+    /// Precompiled artifacts loaded (the built-in policy's, or a `.cwasm` file).
+    pub artifacts_loaded: AtomicU64,
 }
 
 impl PolicyStats {
@@ -208,19 +251,79 @@ impl Runtime {
         &self.shared.state
     }
 
-    /// Compile the policy built into the binary.
+    /// Load the policy built into the binary: its precompiled artifact, or, if that
+    /// does not fit this host or build (logged), the component compiled here.
     pub fn load_builtin(&self) -> Result<Arc<PolicyModule>, PolicyError> {
-        PolicyModule::compile(&self.shared, BUILTIN_POLICY, "the built-in policy".into())
+        PolicyModule::builtin(&self.shared, artifact::BUILTIN_ARTIFACT)
     }
 
-    /// Compile a policy component from a file. Slow (tens of ms to seconds): call it
-    /// off the async runtime.
+    /// Load a policy from a file: a precompiled artifact (`policy compile` output) as
+    /// is, a component compiled as [`RuntimeConfig::compiler`] says (in a child
+    /// process, or here if no private directory can be made for one). Slow (tens of
+    /// ms to seconds): call it off the async runtime.
     pub fn load_file(&self, path: &std::path::Path) -> Result<Arc<PolicyModule>, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
-            path: path.display().to_string(),
+        let origin = path.display().to_string();
+        let read_error = |source| PolicyError::Read {
+            path: origin.clone(),
             source,
-        })?;
-        PolicyModule::compile(&self.shared, &bytes, path.display().to_string())
+        };
+        let mut prefix = [0u8; 4];
+        let prefix_len = {
+            use std::io::Read as _;
+            let mut file = std::fs::File::open(path).map_err(read_error)?;
+            file.read(&mut prefix).map_err(read_error)?
+        };
+        if artifact::looks_like_artifact(&prefix[..prefix_len]) {
+            match child::Staged::copy_of(path) {
+                Ok(staged) => {
+                    return PolicyModule::from_artifact(
+                        &self.shared,
+                        artifact::Artifact::Staged(&staged),
+                        staged.sha256.clone(),
+                        origin,
+                        Code::Artifact,
+                    );
+                }
+                Err(child::ChildError::Read(source)) => return Err(read_error(source)),
+                // No private directory: load it from memory (all of it resident).
+                Err(_) => {
+                    let bytes = std::fs::read(path).map_err(read_error)?;
+                    let sha256 = sha256_hex(&bytes);
+                    return PolicyModule::from_artifact(
+                        &self.shared,
+                        artifact::Artifact::Bytes(&bytes),
+                        sha256,
+                        origin,
+                        Code::Artifact,
+                    );
+                }
+            }
+        }
+        if let Compiler::Child(child) = &self.shared.config.compiler {
+            match child.compile(path) {
+                Ok(staged) => {
+                    return PolicyModule::from_artifact(
+                        &self.shared,
+                        artifact::Artifact::Staged(&staged),
+                        staged.sha256.clone(),
+                        origin,
+                        Code::Child,
+                    );
+                }
+                Err(child::ChildError::Read(source)) => return Err(read_error(source)),
+                Err(child::ChildError::Failed(message)) => {
+                    return Err(PolicyError::Compiler { origin, message });
+                }
+                Err(child::ChildError::NoPrivateDir(err)) => tracing::warn!(
+                    error = %err,
+                    module = %origin,
+                    "no private directory for the compiler process (is $TMPDIR writable?); \
+                     compiling the policy module in this process"
+                ),
+            }
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        PolicyModule::compile(&self.shared, &bytes, origin)
     }
 
     /// Compile a policy component from bytes; `origin` names it in errors.
