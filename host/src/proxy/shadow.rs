@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -173,20 +173,50 @@ pub(crate) enum Answer {
 }
 
 /// Where the shadow's answer lands; the access record reads it when it is written.
-pub(crate) type Slot = Arc<OnceLock<Answer>>;
+/// One lock around both halves, so exactly one of them reports a late answer: the
+/// access line marks the slot `logged` when it shows `pending`, and an answer that
+/// finds it so writes its own `shadow` line.
+pub(crate) type Slot = Arc<Mutex<SlotState>>;
+
+/// A [`Slot`]'s content.
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    answer: Option<Answer>,
+    /// The access line was written before the answer.
+    logged: bool,
+}
+
+fn new_slot() -> Slot {
+    Arc::new(Mutex::new(SlotState::default()))
+}
+
+/// Record the first answer; `true` if the access line was already written without it.
+fn answer(slot: &Slot, answer: Answer) -> bool {
+    let mut state = lock(slot);
+    if state.answer.is_some() {
+        return false;
+    }
+    state.answer = Some(answer);
+    state.logged
+}
 
 /// The `shadow`, `shadow_decision` and `shadow_rule` fields of an access line.
-pub(crate) fn fields(slot: Option<&Slot>) -> (&'static str, &str, &str) {
+pub(crate) fn fields(slot: Option<&Slot>) -> (&'static str, &'static str, String) {
     let Some(slot) = slot else {
-        return ("-", "-", "-");
+        return ("-", "-", "-".to_owned());
     };
-    match slot.get() {
-        None => ("pending", "-", "-"),
-        Some(Answer::Agree(kind, rule)) => ("agree", kind, rule.as_deref().unwrap_or("-")),
-        Some(Answer::Disagree(kind, rule)) => ("disagree", kind, rule.as_deref().unwrap_or("-")),
-        Some(Answer::Fault) => ("fault", "-", "-"),
-        Some(Answer::NoBody) => ("no_body", "-", "-"),
-        Some(Answer::Dropped) => ("dropped", "-", "-"),
+    let mut state = lock(slot);
+    let rule = |rule: &Option<String>| rule.clone().unwrap_or_else(|| "-".to_owned());
+    match &state.answer {
+        None => {
+            state.logged = true;
+            ("pending", "-", "-".to_owned())
+        }
+        Some(Answer::Agree(kind, r)) => ("agree", kind, rule(r)),
+        Some(Answer::Disagree(kind, r)) => ("disagree", kind, rule(r)),
+        Some(Answer::Fault) => ("fault", "-", "-".to_owned()),
+        Some(Answer::NoBody) => ("no_body", "-", "-".to_owned()),
+        Some(Answer::Dropped) => ("dropped", "-", "-".to_owned()),
     }
 }
 
@@ -210,10 +240,10 @@ pub(crate) fn ask(
     body: Option<PolicyBody>,
 ) -> Option<Slot> {
     let shadow = shadow?;
-    let slot: Slot = Arc::new(OnceLock::new());
+    let slot = new_slot();
     let Ok(permit) = shadow.permits.clone().try_acquire_owned() else {
         shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        let _ = slot.set(Answer::Dropped);
+        answer(&slot, Answer::Dropped);
         return Some(slot);
     };
     let live = live_kind(decision);
@@ -233,7 +263,7 @@ pub(crate) fn ask(
     // Never full: the permits bound what is queued.
     if shadow.jobs.try_send(job).is_err() {
         shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        let _ = slot.set(Answer::Dropped);
+        answer(&slot, Answer::Dropped);
     }
     Some(slot)
 }
@@ -251,7 +281,7 @@ fn run(job: Job, stats: &ShadowStats) {
         _permit,
     } = job;
     let answer = decide(stats, &generation, &request, body.as_ref(), live);
-    let late = slot.set(answer.clone()).is_ok() && Arc::strong_count(&slot) == 1;
+    let late = self::answer(&slot, answer.clone());
     if late && let Answer::Disagree(kind, rule) = &answer {
         tracing::info!(
             target: ACCESS_TARGET,
