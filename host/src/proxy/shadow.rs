@@ -200,23 +200,23 @@ fn answer(slot: &Slot, answer: Answer) -> bool {
     state.logged
 }
 
-/// The `shadow`, `shadow_decision` and `shadow_rule` fields of an access line.
-pub(crate) fn fields(slot: Option<&Slot>) -> (&'static str, &'static str, String) {
+/// The `shadow`, `shadow_decision` and `shadow_rule` fields of an access line
+/// (`None` for a rule shows as `-`); no allocation without a shadow.
+pub(crate) fn fields(slot: Option<&Slot>) -> (&'static str, &'static str, Option<String>) {
     let Some(slot) = slot else {
-        return ("-", "-", "-".to_owned());
+        return ("-", "-", None);
     };
     let mut state = lock(slot);
-    let rule = |rule: &Option<String>| rule.clone().unwrap_or_else(|| "-".to_owned());
     match &state.answer {
         None => {
             state.logged = true;
-            ("pending", "-", "-".to_owned())
+            ("pending", "-", None)
         }
-        Some(Answer::Agree(kind, r)) => ("agree", kind, rule(r)),
-        Some(Answer::Disagree(kind, r)) => ("disagree", kind, rule(r)),
-        Some(Answer::Fault) => ("fault", "-", "-".to_owned()),
-        Some(Answer::NoBody) => ("no_body", "-", "-".to_owned()),
-        Some(Answer::Dropped) => ("dropped", "-", "-".to_owned()),
+        Some(Answer::Agree(kind, rule)) => ("agree", kind, rule.clone()),
+        Some(Answer::Disagree(kind, rule)) => ("disagree", kind, rule.clone()),
+        Some(Answer::Fault) => ("fault", "-", None),
+        Some(Answer::NoBody) => ("no_body", "-", None),
+        Some(Answer::Dropped) => ("dropped", "-", None),
     }
 }
 

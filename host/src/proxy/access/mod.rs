@@ -215,7 +215,10 @@ impl line::Fields for Line<'_> {
         let (shadow, shadow_decision, shadow_rule) = super::shadow::fields(r.shadow.as_ref());
         sink("shadow", Value::Str(shadow));
         sink("shadow_decision", Value::Str(shadow_decision));
-        sink("shadow_rule", Value::Str(&shadow_rule));
+        sink(
+            "shadow_rule",
+            Value::Str(shadow_rule.as_deref().unwrap_or("-")),
+        );
         sink(
             "outcome",
             Value::Str(if self.complete { "complete" } else { "aborted" }),
