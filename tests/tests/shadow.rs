@@ -236,6 +236,8 @@ async fn a_shadow_that_traps_or_loops_is_counted_and_never_delays_a_request() {
             shadow.to_str().unwrap(),
             "--shadow-policy",
             MISBEHAVE_WASM,
+            "--shadow-queue",
+            "8",
             "--policy-timeout",
             "2s",
             "--connect-to",
@@ -261,8 +263,9 @@ async fn a_shadow_that_traps_or_loops_is_counted_and_never_delays_a_request() {
         "{text}"
     );
 
-    // Ten requests whose shadow loops: all answered at once; eight shadow calls run
-    // (to their deadline), the rest are dropped from shadowing.
+    // Ten requests whose shadow loops: all answered at once; eight shadow calls are
+    // queued or run (to their deadline, two at a time), the rest are dropped from
+    // shadowing.
     let started = Instant::now();
     for i in 0..10 {
         assert_eq!(

@@ -252,6 +252,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         let _shadow_watcher = match shadow {
             Some(shadow) => super::safe::serve_shadow(
                 shadow,
+                args.safe.shadow_queue,
                 &proxy,
                 args.reload_interval,
                 &tasks,

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::LimitArgs;
 use crate::policy::{Generation, Runtime};
-use crate::proxy::{Enforcement, Proxy, Shadow};
+use crate::proxy::{DEFAULT_SHADOW_QUEUE, Enforcement, Proxy, Shadow};
 use crate::reload::{self, Reloader, Sources};
 use crate::secrets::SecretSource;
 
@@ -37,6 +37,12 @@ pub struct SafeArgs {
     /// Policy component of the shadow; default: the built-in policy.
     #[arg(long, env = "EGRESS_PROXY_SHADOW_POLICY", requires = "shadow_routes")]
     pub shadow_policy: Option<PathBuf>,
+    /// Requests queued for the shadow or being decided by it, at most; a request that
+    /// finds the queue full is not shadowed (counted as dropped).
+    #[arg(long, env = "EGRESS_PROXY_SHADOW_QUEUE", default_value_t = DEFAULT_SHADOW_QUEUE,
+          value_parser = clap::value_parser!(u32).range(1..=65_536),
+          requires = "shadow_routes")]
+    pub shadow_queue: u32,
 }
 
 /// A shadow generation loaded at start-up, not yet serving.
@@ -76,6 +82,7 @@ pub(super) fn load_shadow(
 /// events, the periodic check, SIGHUP) until `stop`. Keep the returned watcher alive.
 pub(super) fn serve_shadow(
     start: ShadowStart,
+    queue: u32,
     proxy: &Proxy,
     interval: Duration,
     tasks: &TaskTracker,
@@ -86,7 +93,7 @@ pub(super) fn serve_shadow(
         generations,
     } = start;
     let generation = generations.borrow().clone();
-    let shadow = Shadow::new(generations, reloader.status().clone())
+    let shadow = Shadow::new(generations, reloader.status().clone(), queue as usize)
         .context("cannot start the shadow policy's threads")?;
     proxy.set_shadow(Arc::new(shadow));
     tracing::info!(

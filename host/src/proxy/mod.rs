@@ -59,7 +59,7 @@ pub use hold::InspectConfig;
 pub use idle::Idle;
 pub use report::{Enforcement, WOULD_DENY, WOULD_DENY_STATUS};
 pub use respond::{DENY_HEADER, DENY_HINT, ERROR_HEADER};
-pub use shadow::{SHADOW_CONCURRENCY, SHADOW_WORKERS, Shadow, ShadowStats};
+pub use shadow::{DEFAULT_SHADOW_QUEUE, SHADOW_BODY_BYTES, SHADOW_WORKERS, Shadow, ShadowStats};
 pub use upstream::{UpstreamConfig, UpstreamError, UpstreamSetupError};
 
 use crate::policy::Generation;

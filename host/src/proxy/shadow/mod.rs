@@ -2,14 +2,16 @@
 //! decision, whose verdict never changes what happens to the request.
 //!
 //! [`ask`] is called on the request path with the live decision. It clones the request
-//! and queues it for the shadow's own [`SHADOW_WORKERS`] threads (the live path never
-//! waits for it, and a slow or looping shadow never holds an async worker; under load
-//! a worker drains the queue without a wake-up per request): at most
-//! [`SHADOW_CONCURRENCY`] shadow calls are queued or running at once; a request that
-//! finds them all taken is not shadowed, only counted (`dropped`). Each call is bounded by the shadow runtime's own epoch deadline
-//! (`--policy-timeout`), and a trap or timeout is counted (`faults`), never acted on.
-//! The shadow has its own runtime — its own instances and its own rate-limit state — so
-//! nothing it does can spend the live policy's budgets.
+//! and queues it for the shadow's own [`SHADOW_WORKERS`] threads: the live path never
+//! waits for it, a slow or looping shadow never holds an async worker, and a steady
+//! stream of requests is decided in batches, so the request path pays a lock and a
+//! push rather than a thread wake-up per request ([`queue`]). At most `--shadow-queue`
+//! requests (default [`DEFAULT_SHADOW_QUEUE`]) and [`SHADOW_BODY_BYTES`] of held
+//! bodies are queued or being decided at once; a request that finds no room is not
+//! shadowed, only counted (`dropped`). Each call is bounded by the shadow runtime's
+//! own epoch deadline (`--policy-timeout`), and a trap or timeout is counted
+//! (`faults`), never acted on. The shadow has its own runtime — its own instances and
+//! its own rate-limit state — so nothing it does can spend the live policy's budgets.
 //!
 //! Both phases: when the live policy read the body, the shadow gets the same held
 //! body for its own `decide-body`; when it did not and the shadow asks for one, the
@@ -22,19 +24,25 @@
 //! written — it then writes its own `shadow` line on the same target when it does),
 //! `shadow_decision` and `shadow_rule`.
 
+mod queue;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
+
+use self::queue::{Bounds, Pool};
 
 use super::access::ACCESS_TARGET;
 use crate::policy::{Decision, DenyKind, Generation, Head, PolicyBody, Request, Verdict};
 use crate::reload::ReloadStatus;
 
-/// Shadow calls queued or running at once, at most; more are dropped and counted.
-pub const SHADOW_CONCURRENCY: usize = 8;
+/// Default of `--shadow-queue`: requests queued for the shadow or being decided by
+/// it, at most; more are dropped and counted.
+pub const DEFAULT_SHADOW_QUEUE: u32 = 256;
+/// Body bytes held for the shadow at most (one request alone may hold more).
+pub const SHADOW_BODY_BYTES: usize = 16 << 20;
 /// Threads that run shadow calls.
 pub const SHADOW_WORKERS: usize = 2;
 
@@ -46,17 +54,14 @@ struct Job {
     live: &'static str,
     live_rule: Option<String>,
     slot: Slot,
-    /// Held until the call is done: the bound on calls queued or running.
-    _permit: OwnedSemaphorePermit,
 }
 
 /// The shadow generation and what it has done.
 #[derive(Debug)]
 pub struct Shadow {
     generation: watch::Receiver<Arc<Generation>>,
-    permits: Arc<Semaphore>,
-    /// The workers' queue; they end when it is dropped with the shadow.
-    jobs: SyncSender<Job>,
+    /// The workers and their queue; closed when the shadow is dropped.
+    jobs: Arc<Pool<Job>>,
     /// The shadow reloader's status (identity, reload counts), for `/policy`.
     pub reload: Arc<ReloadStatus>,
     /// Counters, for `/policy` and `/metrics`.
@@ -79,7 +84,7 @@ pub type Counts = BTreeMap<(&'static str, &'static str), u64>;
 pub struct ShadowStats {
     /// Requests the shadow decided.
     pub decided: AtomicU64,
-    /// Requests not shadowed because [`SHADOW_CONCURRENCY`] calls were running.
+    /// Requests not shadowed because the queue was full.
     pub dropped: AtomicU64,
     /// Shadow calls that trapped or timed out.
     pub faults: AtomicU64,
@@ -119,25 +124,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shadow {
-    /// A shadow deciding with the generations published on `generation`.
-    /// Starts its [`SHADOW_WORKERS`] threads.
+    /// A shadow deciding with the generations published on `generation`, queueing at
+    /// most `queue` requests. Starts its [`SHADOW_WORKERS`] threads.
     pub fn new(
         generation: watch::Receiver<Arc<Generation>>,
         reload: Arc<ReloadStatus>,
+        queue: usize,
     ) -> std::io::Result<Self> {
-        let (jobs, queue) = sync_channel(SHADOW_CONCURRENCY);
-        let queue = Arc::new(Mutex::new(queue));
         let stats = Arc::new(ShadowStats::default());
-        for _ in 0..SHADOW_WORKERS {
-            let queue = queue.clone();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("shadow-policy".into())
-                .spawn(move || work(&queue, &stats))?;
-        }
+        let bounds = Bounds {
+            jobs: queue,
+            bytes: SHADOW_BODY_BYTES,
+        };
+        let worker_stats = stats.clone();
+        let jobs = Pool::start("shadow-policy", SHADOW_WORKERS, bounds, move |job| {
+            run(job, &worker_stats);
+        })?;
         Ok(Self {
             generation,
-            permits: Arc::new(Semaphore::new(SHADOW_CONCURRENCY)),
             jobs,
             reload,
             stats,
@@ -145,15 +149,9 @@ impl Shadow {
     }
 }
 
-/// A worker: decide queued jobs until the queue is dropped.
-fn work(queue: &Mutex<Receiver<Job>>, stats: &ShadowStats) {
-    loop {
-        // The lock is held only while waiting for the next job.
-        let job = match lock(queue).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        run(job, stats);
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.jobs.close();
     }
 }
 
@@ -241,16 +239,12 @@ pub(crate) fn ask(
 ) -> Option<Slot> {
     let shadow = shadow?;
     let slot = new_slot();
-    let Ok(permit) = shadow.permits.clone().try_acquire_owned() else {
-        shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        answer(&slot, Answer::Dropped);
-        return Some(slot);
-    };
     let live = live_kind(decision);
     let live_rule = match decision {
         Decision::Allow { rule, .. } | Decision::Inject { rule, .. } => rule.clone(),
         Decision::Deny(denial) => denial.rule.clone(),
     };
+    let bytes = body.as_ref().map_or(0, |body| body.bytes.len());
     let job = Job {
         generation: shadow.generation.borrow().clone(),
         request: request.clone(),
@@ -258,10 +252,8 @@ pub(crate) fn ask(
         live,
         live_rule,
         slot: slot.clone(),
-        _permit: permit,
     };
-    // Never full: the permits bound what is queued.
-    if shadow.jobs.try_send(job).is_err() {
+    if shadow.jobs.push(job, bytes).is_err() {
         shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
         answer(&slot, Answer::Dropped);
     }
@@ -278,7 +270,6 @@ fn run(job: Job, stats: &ShadowStats) {
         live,
         live_rule,
         slot,
-        _permit,
     } = job;
     let answer = decide(stats, &generation, &request, body.as_ref(), live);
     let late = self::answer(&slot, answer.clone());
