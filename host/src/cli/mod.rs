@@ -235,6 +235,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Ca(cmd) => ca::run(cmd),
     };
+    // Access lines still buffered (a request finished as the proxy stopped or failed).
+    crate::proxy::flush_access_lines();
     match result {
         Ok(code) => code,
         // The reader went away (`egress-proxy policy test | head -1`): stop quietly,

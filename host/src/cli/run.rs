@@ -316,6 +316,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         serving.await.context("the proxy task failed")?;
         stop.cancel();
         tasks.close();
+        crate::proxy::flush_access_lines();
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use access::ACCESS_TARGET;
+pub use access::flush as flush_access_lines;
 pub(crate) use access::write_directly as write_access_lines_directly;
 pub use body::ProxyBody;
 pub use forward_body::ForwardBody;

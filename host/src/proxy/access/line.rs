@@ -1,6 +1,7 @@
 //! Writing an access line: the request's fields rendered once, straight into a
-//! reused buffer and out to stderr in one write, in the shape the `tracing`
-//! subscriber gives every other line (`--log-format text` or `json`).
+//! reused buffer and out to stderr, in the shape the `tracing`
+//! subscriber gives every other line (`--log-format text` or `json`); the lines
+//! reach stderr in batches ([`super::sink`]).
 //!
 //! The generic path (`tracing::info!` with twenty fields, each recorded through the
 //! subscriber's field visitors and `fmt` machinery) cost ~58,000 instructions per
@@ -14,7 +15,6 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::sync::OnceLock;
 
 use super::ACCESS_TARGET;
@@ -66,8 +66,7 @@ pub(super) fn emit(message: &'static str, fields: &dyn Fields) {
             LogFormat::Text => text(&mut line, ACCESS_TARGET, message, fields),
         }
         line.push('\n');
-        // As the subscriber does: a line that cannot be written is dropped.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        super::sink::write(line.as_bytes());
         if line.capacity() > 16 * 1024 {
             *line = String::new();
         }

@@ -17,12 +17,14 @@
 //! value: credentials cannot reach the log.
 
 mod line;
+mod sink;
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use line::Value;
 pub(crate) use line::write_directly;
+pub use sink::flush;
 
 use crate::policy::Scheme;
 
