@@ -159,6 +159,21 @@ impl Target {
     /// this target's host and port, after normalisation (case, trailing dot, IPv6
     /// brackets, the scheme's default port).
     pub fn same_authority(&self, authority: &str) -> bool {
+        // The common case without parsing: exactly the normalised `host` or
+        // `host:port` (not for IPv6, which an authority brackets).
+        if !self.host.contains(':')
+            && let Some(rest) = authority.strip_prefix(self.host.as_str())
+        {
+            if rest.is_empty() {
+                return self.port == self.scheme.default_port();
+            }
+            if let Some(port) = rest.strip_prefix(':')
+                && (1..=5).contains(&port.len())
+                && port.bytes().all(|b| b.is_ascii_digit())
+            {
+                return port.parse::<u16>() == Ok(self.port);
+            }
+        }
         let Ok(parsed) = authority.parse::<http::uri::Authority>() else {
             return false;
         };
@@ -426,9 +441,19 @@ mod tests {
         assert!(!t.same_authority("evil.example.com"));
         assert!(!t.same_authority("user@api.example.com"));
         assert!(!t.same_authority(""));
+        assert!(t.same_authority("api.example.com:0443"));
+        assert!(!t.same_authority("api.example.com:443@evil.example"));
+        assert!(!t.same_authority("api.example.com.evil.example"));
+        assert!(!t.same_authority("api.example.com:99999"));
+        let t = Target::from_authority("localhost:8443").unwrap();
+        assert!(t.same_authority("localhost:8443"));
+        assert!(t.same_authority("LOCALHOST:8443"));
+        assert!(!t.same_authority("localhost"));
+        assert!(!t.same_authority("localhost:443"));
         let t = Target::from_authority("[::1]:8443").unwrap();
         assert!(t.same_authority("[::1]:8443"));
         assert!(!t.same_authority("[::1]"));
+        assert!(!t.same_authority("::1:8443"));
     }
 
     #[test]

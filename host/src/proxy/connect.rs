@@ -296,13 +296,21 @@ async fn inner(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut exchange = Exchange {
+    // A path that cannot be normalised is refused below, and logged as sent.
+    let (target, bad_path) = match connect.with_path(path) {
+        Ok(target) => (target, None),
+        Err(err) => (
+            Target {
+                path: path.to_owned(),
+                ..connect.clone()
+            },
+            Some(err),
+        ),
+    };
+    let exchange = Exchange {
         start,
         client,
-        target: Target {
-            path: path.to_owned(),
-            ..connect.clone()
-        },
+        target,
         metrics: proxy.metrics.clone(),
         original,
     };
@@ -315,15 +323,12 @@ async fn inner(
     if let Err(refusal) = check_authority(&req, connect) {
         return pipeline::refuse(exchange.record(req.method().as_str()), &refusal);
     }
-    exchange.target = match connect.with_path(path) {
-        Ok(target) => target,
-        Err(err) => {
-            return pipeline::refuse(
-                exchange.record(req.method().as_str()),
-                &Refusal::BadTarget(err),
-            );
-        }
-    };
+    if let Some(err) = bad_path {
+        return pipeline::refuse(
+            exchange.record(req.method().as_str()),
+            &Refusal::BadTarget(err),
+        );
+    }
     pipeline::forward(proxy, req, exchange).await
 }
 

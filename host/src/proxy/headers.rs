@@ -34,19 +34,41 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|t| !t.is_empty())
 }
 
-/// Remove hop-by-hop headers (and those `Connection` names) in place.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = connection_tokens(headers).collect();
-    for name in named {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            headers.remove(name);
+/// Whether `name` is removed from every forwarded message (hop-by-hop, RFC 9110
+/// §7.6.1; `TE` is handled by the caller).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == CONNECTION
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || *name == TRAILER
+        || *name == TE
+        || name.as_str() == KEEP_ALIVE
+        || name.as_str() == PROXY_CONNECTION
+}
+
+/// Remove hop-by-hop headers (and those `Connection` names), `TE`, and with
+/// `credentials` also `Authorization`, `Proxy-Authorization` and `Host`, in place.
+/// One pass over the names present finds what to remove (usually nothing beyond
+/// `Host`), rather than a lookup per listed name.
+fn strip(headers: &mut HeaderMap, credentials: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let credential = *name == AUTHORIZATION || *name == PROXY_AUTHORIZATION || *name == HOST;
+        if is_hop_by_hop(name) || (credentials && credential) {
+            doomed.push(name.clone());
         }
     }
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TRAILER] {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<String> = connection_tokens(headers).collect();
+        for name in named {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
 }
 
 /// Prepare a request's headers for the upstream: credentials, hop-by-hop headers and
@@ -61,11 +83,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, upgrade: bool) {
         .get_all(TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
-    headers.remove(TE);
-    headers.remove(AUTHORIZATION);
-    headers.remove(PROXY_AUTHORIZATION);
-    headers.remove(HOST);
+    strip(headers, true);
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -78,8 +96,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, upgrade: bool) {
 /// Prepare a response's headers for the client (a 101 keeps its upgrade headers).
 pub fn sanitize_response(headers: &mut HeaderMap, switching_protocols: bool) {
     if !switching_protocols {
-        strip_hop_by_hop(headers);
-        headers.remove(TE);
+        strip(headers, false);
     }
 }
 
@@ -129,6 +146,27 @@ mod tests {
         sanitize_request(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["accept"]);
+    }
+
+    #[test]
+    fn response_loses_hop_by_hop_only() {
+        let mut headers = map(&[
+            ("connection", "close, X-Hop"),
+            ("x-hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("content-type", "text/plain"),
+            ("www-authenticate", "Bearer"),
+            ("authorization", "kept: a response header"),
+        ]);
+        sanitize_response(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "content-type", "www-authenticate"]);
+        let mut switching = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        sanitize_response(&mut switching, true);
+        assert_eq!(switching.len(), 2);
     }
 
     #[test]

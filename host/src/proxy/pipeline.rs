@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::{self, Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -182,7 +183,7 @@ pub(crate) async fn forward(
     for (name, value) in injected {
         parts.headers.insert(name, value);
     }
-    parts.uri = match upstream_uri(&exchange.target) {
+    parts.uri = match upstream_uri(&exchange.target, &parts.uri) {
         Ok(uri) => uri,
         Err(reason) => return refuse(record, &Refusal::Internal(reason)),
     };
@@ -221,21 +222,34 @@ pub(crate) async fn forward(
 
 /// The URI the upstream client is given: `scheme://host:port/path`. The explicit
 /// port keeps a proxy tunnel on the right port; the client leaves a default port out
-/// of `Host`.
-fn upstream_uri(target: &Target) -> Result<Uri, String> {
-    let host = if target.host.contains(':') {
-        format!("[{}]", target.host)
+/// of `Host`. The path is the one the policy decided on; when normalisation left it as
+/// `sent` had it, `sent`'s is reused rather than parsed again.
+fn upstream_uri(target: &Target, sent: &Uri) -> Result<Uri, String> {
+    let authority = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
     } else {
-        target.host.clone()
+        format!("{}:{}", target.host, target.port)
     };
+    let authority = Authority::try_from(authority)
+        .map_err(|e| format!("cannot build the upstream authority: {e}"))?;
     let path = if target.path.is_empty() {
         "/"
     } else {
         &target.path
     };
-    let text = format!("{}://{host}:{}{path}", target.scheme, target.port);
-    text.parse()
-        .map_err(|e| format!("cannot build the upstream URI `{text}`: {e}"))
+    let path_and_query = match sent.path_and_query() {
+        Some(sent) if sent.as_str() == path => sent.clone(),
+        _ => PathAndQuery::try_from(path)
+            .map_err(|e| format!("cannot build the upstream path `{path}`: {e}"))?,
+    };
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(match target.scheme {
+        policy::Scheme::Http => uri::Scheme::HTTP,
+        policy::Scheme::Https => uri::Scheme::HTTPS,
+    });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|e| format!("cannot build the upstream URI: {e}"))
 }
 
 /// After a `101`, splice the client's and the upstream's upgraded connections.
@@ -275,13 +289,32 @@ mod tests {
             port: 8443,
             path: "/a?b=c".into(),
         };
-        assert_eq!(upstream_uri(&target).unwrap(), "https://[::1]:8443/a?b=c");
+        let sent: Uri = "/a?b=c".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target, &sent).unwrap(),
+            "https://[::1]:8443/a?b=c"
+        );
         let target = Target {
             scheme: Scheme::Http,
             host: "example.com".into(),
             port: 80,
             path: String::new(),
         };
-        assert_eq!(upstream_uri(&target).unwrap(), "http://example.com:80/");
+        assert_eq!(
+            upstream_uri(&target, &sent).unwrap(),
+            "http://example.com:80/"
+        );
+        // The normalised path, not the one sent, goes upstream.
+        let target = Target {
+            scheme: Scheme::Https,
+            host: "example.com".into(),
+            port: 443,
+            path: "/b?x".into(),
+        };
+        let sent: Uri = "http://example.com/a/../b?x".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target, &sent).unwrap(),
+            "https://example.com:443/b?x"
+        );
     }
 }
