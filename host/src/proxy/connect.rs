@@ -103,7 +103,7 @@ pub(crate) fn decide(proxy: &Proxy, exchange: &Exchange, headers: Vec<(String, S
         )),
     };
     proxy.metrics.decided(deciding.elapsed());
-    record.shadow = super::shadow::ask(proxy.shadow(), &request, &decision, None);
+    record.shadow = super::shadow::ask(proxy.shadow(), request, &decision, None);
     let (decision, would_deny) = super::report::apply(proxy.config.enforcement, decision);
     match decision {
         Decision::Deny(denial) => {

@@ -152,11 +152,16 @@ pub(crate) async fn forward(
             }
         }
     };
-    record.shadow = super::shadow::ask(proxy.shadow(), &request, &decision, view);
+    // How a denial is phrased, worked out before the request goes to the shadow
+    // (report mode may forward a denial, but never denies what was allowed).
+    let dialect = match &decision {
+        Decision::Deny(_) => dialect.unwrap_or_else(|| Dialect::of(&request, None)),
+        _ => Dialect::Http,
+    };
+    record.shadow = super::shadow::ask(proxy.shadow(), request, &decision, view);
     let (decision, would_deny) = super::report::apply(proxy.config.enforcement, decision);
     let injected = match decision {
         Decision::Deny(denial) => {
-            let dialect = dialect.unwrap_or_else(|| Dialect::of(&request, None));
             return denied(record, &denial, &generation, &dialect);
         }
         Decision::Allow { rule, annotations } => {
@@ -177,7 +182,6 @@ pub(crate) async fn forward(
         }
     };
     super::report::mark(&mut record, would_deny);
-    drop(request);
 
     headers::sanitize_request(&mut parts.headers, upgrade);
     for (name, value) in injected {

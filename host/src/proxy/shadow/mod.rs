@@ -230,10 +230,11 @@ fn live_kind(decision: &Decision) -> &'static str {
 }
 
 /// Ask the shadow, if there is one, about `request`, which the live policy decided
-/// as `decision` (with `body` held, if it read one). Returns at once.
+/// as `decision` (with `body` held, if it read one); the request is the shadow's
+/// from here on. Returns at once.
 pub(crate) fn ask(
     shadow: Option<&Arc<Shadow>>,
-    request: &Request,
+    request: Request,
     decision: &Decision,
     body: Option<PolicyBody>,
 ) -> Option<Slot> {
@@ -247,7 +248,7 @@ pub(crate) fn ask(
     let bytes = body.as_ref().map_or(0, |body| body.bytes.len());
     let job = Job {
         generation: shadow.generation.borrow().clone(),
-        request: request.clone(),
+        request,
         body,
         live,
         live_rule,

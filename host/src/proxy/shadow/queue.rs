@@ -49,6 +49,9 @@ struct State<J> {
     bytes: usize,
     /// Workers waiting without a deadline.
     idle: usize,
+    /// Of those, how many have been woken and not yet run: a push wakes another only
+    /// if one is left (one wake-up per idle worker, not one per push until it runs).
+    woken: usize,
     /// Workers waiting out a batching window.
     collecting: usize,
     /// No more jobs: workers finish what is queued and end.
@@ -83,6 +86,7 @@ impl<J: Send + 'static> Pool<J> {
                 pending: 0,
                 bytes: 0,
                 idle: 0,
+                woken: 0,
                 collecting: 0,
                 closed: false,
                 wakes: 0,
@@ -126,14 +130,14 @@ impl<J> Pool<J> {
         state.bytes += bytes;
         state.queued.push_back((job, bytes));
         let running = state.pending - state.queued.len();
-        let wake = state.idle > 0
+        let wake = state.idle > state.woken
             && state.collecting == 0
             && (running == 0 || state.queued.len() >= HELP_AFTER);
         if wake {
+            state.woken += 1;
             state.wakes += 1;
-        }
-        drop(state);
-        if wake {
+            // Under the lock: no worker can start collecting between the decision and
+            // the wake-up, so it reaches an idle worker.
             self.wake.notify_one();
         }
         Ok(())
@@ -185,6 +189,7 @@ impl<J> Pool<J> {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
                 state.idle -= 1;
+                state.woken = state.woken.saturating_sub(1);
             }
         }
     }
