@@ -35,7 +35,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Whether `name` is removed from every forwarded message (hop-by-hop, RFC 9110
-/// §7.6.1; `TE` is handled by the caller).
+/// §7.6.1, `TE` included: a request's `TE: trailers` is put back by the caller).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == CONNECTION
         || *name == TRANSFER_ENCODING
